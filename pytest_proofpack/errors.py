@@ -1,0 +1,66 @@
+"""Error types shared by every layer.
+
+Every error a user can cause is a :class:`ProofpackError` whose message is one line naming the file, field or
+option that is wrong and how to fix it. The plugin turns these into pytest usage errors (exit code 4) and the
+CLI into its documented exit codes; neither ever shows a traceback for them.
+"""
+
+from __future__ import annotations
+
+
+class ProofpackError(Exception):
+    """Base class: a problem the user can fix. ``str(err)`` is a complete one-line message."""
+
+    error_class = "internal"
+
+
+class CatalogError(ProofpackError):
+    """scenarios.json, suites.yaml or tuned_edit_params.json is malformed or inconsistent."""
+
+    error_class = "bad_input"
+
+
+class SpecError(ProofpackError):
+    """An edit spec or scope string does not parse."""
+
+    error_class = "bad_input"
+
+
+class OptionError(ProofpackError):
+    """A command-line option or ini value is invalid."""
+
+    error_class = "bad_input"
+
+
+class MissingAssetError(ProofpackError):
+    """A model, tokenizer or corpus is not in the cache and may not be fetched now."""
+
+    error_class = "missing_asset"
+
+
+class ModelLoadError(ProofpackError):
+    """A model directory or file exists but cannot be loaded (missing or corrupt files)."""
+
+    error_class = "bad_input"
+
+
+class UnsupportedArchitectureError(ProofpackError):
+    """The model's module tree does not match any known architecture adapter."""
+
+    error_class = "bad_input"
+
+
+class EngineUnavailableError(ProofpackError):
+    """No evaluation engine is registered for ``pytest_proofpack_evaluate``."""
+
+    error_class = "internal"
+
+
+class PackError(ProofpackError):
+    """A proof pack cannot be built, merged or verified. ``exit_code`` follows ``proofpack verify``."""
+
+    error_class = "bad_input"
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

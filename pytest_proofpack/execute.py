@@ -1,0 +1,107 @@
+"""One scenario run on a worker: apply the edit or fault in memory, evaluate through the hook, restore.
+
+The baseline and the calibrated preset are materialised *before* the model is touched (they describe the
+unedited model). The change is restored in a ``finally`` block, so a failing evaluation never leaks an edit into
+the next scenario of the same worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_proofpack.errors import EngineUnavailableError, ProofpackError
+
+if TYPE_CHECKING:
+    import pytest
+
+    from pytest_proofpack.catalog import Case
+    from pytest_proofpack.runtime import ModelRuntime
+
+
+@dataclass
+class CaseResult:
+    """A normalised evaluation: the report dict and its sidecar files (``name -> dict``)."""
+
+    report: dict[str, Any]
+    sidecars: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def probes_for(case: Case) -> list[str]:
+    """Which cross-model probes a scenario's detectors read: ``rmt`` (rmt_probe.*) and/or ``ve`` (ve_probe.*)."""
+    kinds = {d.get("kind") for group in ("detectors_any_of", "detectors_all_of")
+             for d in case.scenario.requirements.get(group, []) if isinstance(d, Mapping)}
+    return [p for p, k in (("rmt", "rmt_probe"), ("ve", "ve_probe")) if k in kinds]
+
+
+def apply_change(case: Case, runtime: ModelRuntime) -> Any:
+    """Apply the scenario's edit or fault to ``runtime.model`` in place; returns the reversible change."""
+    seed = runtime.ctx.options.seed + case.run
+    if case.scenario.kind == "edit":
+        from pytest_proofpack.edits import apply_edit, parse_edit_spec
+
+        assert case.edit_spec is not None
+        return apply_edit(runtime.model, parse_edit_spec(case.edit_spec), seed=seed)
+    from pytest_proofpack.faults import apply_fault
+
+    env = {str(k): str(v) for k, v in (case.scenario.generation.get("env") or {}).items()}
+    return apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed)
+
+
+def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseResult:
+    """Evaluate one case: baseline and preset first, then change → ``pytest_proofpack_evaluate`` → restore."""
+    runtime.baseline  # noqa: B018 - materialise on the unedited model
+    runtime.preset  # noqa: B018
+    change = apply_change(case, runtime)
+    try:
+        metadata = dict(change.metadata)
+        if runtime.ctx.options.save_models:
+            save_edited(runtime, case)
+        result = config.hook.pytest_proofpack_evaluate(case=case, runtime=runtime, change=metadata)
+    finally:
+        change.restore()
+    if result is None:
+        raise EngineUnavailableError(
+            "no evaluation engine is available: no pytest_proofpack_evaluate implementation returned a result; "
+            "install pytest-proofpack with its engine or implement the hook in a conftest.py")
+    return normalise(result, case)
+
+
+def normalise(result: Any, case: Case) -> CaseResult:
+    if isinstance(result, Mapping):
+        report, sidecars = dict(result), {}
+    else:
+        report, sidecars = dict(result.report), {k: dict(v) for k, v in dict(result.sidecars).items()}
+    if not isinstance(report.get("validation"), Mapping):
+        raise ProofpackError(f"the evaluation of {case.model.key}:{case.scenario.id} returned a report without a "
+                             "'validation' object; an engine must return the report fields listed in the README")
+    report.setdefault("model", case.model.key)
+    report.setdefault("scenario", case.scenario.id)
+    report.setdefault("run", case.run)
+    for name, side in sidecars.items():
+        report.setdefault(name.removesuffix(".json"), side)
+    return CaseResult(report, sidecars)
+
+
+def write_evidence(directory: Path, result: CaseResult) -> list[Path]:
+    """Write ``evaluation.report.json`` and the sidecars atomically into ``directory``."""
+    from pytest_proofpack.results import atomic_write_json
+
+    written = []
+    for name, data in result.sidecars.items():
+        atomic_write_json(directory / name, data)
+        written.append(directory / name)
+    atomic_write_json(directory / "evaluation.report.json", result.report)
+    written.append(directory / "evaluation.report.json")
+    return written
+
+
+def save_edited(runtime: ModelRuntime, case: Case) -> Path:
+    """``--proofpack-save-models``: the edited model as safetensors under ``<run_dir>/models/``."""
+    out = runtime.ctx.run_dir / "models" / case.model.key / case.scenario.id
+    out.mkdir(parents=True, exist_ok=True)
+    runtime.model.save_pretrained(out, safe_serialization=True)
+    runtime.loaded.tokenizer.save_pretrained(out)
+    return out

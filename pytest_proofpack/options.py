@@ -1,0 +1,202 @@
+"""Every ``--proofpack-*`` option, its ini twin, its type and its validation, declared once.
+
+:func:`add_options` registers them with pytest; :func:`read_options` turns a ``pytest.Config`` into a typed,
+validated :class:`Options`. A bad value raises :class:`~pytest_proofpack.errors.OptionError` naming the option and
+the accepted values (the plugin reports it as a usage error, exit code 4).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from pytest_proofpack.errors import OptionError
+
+if TYPE_CHECKING:
+    import pytest
+
+TIERS: Final = ("balanced", "conservative", "aggressive")
+GATE_RULES: Final = ("point", "upper")
+DEVICES: Final = ("auto", "cpu", "cuda")
+DETERMINISM: Final = ("throughput", "strict")
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise OptionError(f"--proofpack-{name}: {text!r} is not an integer") from None
+        if value < 0:
+            raise OptionError(f"--proofpack-{name}: {value} must be >= 0")
+        return value
+
+    return parse
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise OptionError(f"--proofpack-{name}: {text!r} is not a number") from None
+        if value <= 0:
+            raise OptionError(f"--proofpack-{name}: {value} must be > 0")
+        return value
+
+    return parse
+
+
+def _choice(name: str, accepted: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in accepted:
+            raise OptionError(f"--proofpack-{name}: {text!r} is not accepted; accepted: {', '.join(accepted)}")
+        return text
+
+    return parse
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    flag: bool = False
+    metavar: str | None = None
+
+
+_SPECS: Final[tuple[_Spec, ...]] = (
+    _Spec("suite", _text, None, "collect the scenarios of this suite (subset, showcase, workshop3, full, smoke)",
+          metavar="NAME"),
+    _Spec("models", _csv, (), "comma-separated model keys or hub ids replacing the suite's models "
+          "(MODEL_1..MODEL_8 environment slots also apply)", metavar="KEYS"),
+    _Spec("scenarios", _path, None, "scenarios.json to use instead of the shipped one", metavar="PATH"),
+    _Spec("suites", _path, None, "suites.yaml to use instead of the shipped one", metavar="PATH"),
+    _Spec("tuned-params", _path, None, "tuned_edit_params.json to use instead of the shipped one", metavar="PATH"),
+    _Spec("out", _path, None, "run directory (default proof_pack_runs/<suite>); reused so --lf resumes",
+          metavar="DIR"),
+    _Spec("cache", _path, None, "cache root (default $PROOFPACK_CACHE or ~/.cache/pytest_proofpack)", metavar="DIR"),
+    _Spec("clean-runs", _positive_int("clean-runs"), 3, "runs per clean edit scenario", metavar="N"),
+    _Spec("stress-runs", _positive_int("stress-runs"), 2, "runs per stress edit scenario", metavar="N"),
+    _Spec("calibration-runs", _positive_int("calibration-runs"), 5,
+          "null runs per model that calibrate the thresholds", metavar="N"),
+    _Spec("tier", _choice("tier", TIERS), "balanced", "threshold tier: ratio limit 1.10 (balanced), 1.05 "
+          "(conservative), 1.20 (aggressive)", metavar="TIER"),
+    _Spec("gate-rule", _choice("gate-rule", GATE_RULES), "point",
+          "primary-metric gate: the ratio's point estimate or its CI upper bound must be within the limit",
+          metavar="RULE"),
+    _Spec("presets", _path, None, "directory of calibrated_preset_<model>.json to reuse instead of calibrating",
+          metavar="DIR"),
+    _Spec("calibrate-only", _text, False, "stop after the calibrated presets are written", flag=True),
+    _Spec("dataset", _text, None, "dataset name from suites.yaml, or provider:path (local_text:FILE, "
+          "local_jsonl:FILE, hf_text:NAME) overriding the suite's", metavar="NAME"),
+    _Spec("net", _text, False, "allow downloads of models and datasets and record resolved revisions", flag=True),
+    _Spec("device", _choice("device", DEVICES), "auto", "device for models: auto (cuda if visible), cpu, cuda",
+          metavar="DEV"),
+    _Spec("dtype", _text, None, "model dtype (default bfloat16 on GPU, float32 on CPU)", metavar="DTYPE"),
+    _Spec("seed", _positive_int("seed"), 42, "seed of window selection, bootstrap and seeded edits", metavar="N"),
+    _Spec("shard", _text, None, "run shard K of N (split by model); merge with `proofpack merge`", metavar="K/N"),
+    _Spec("sign-key", _path, None, "Ed25519 private key (PEM) that signs the pack; default: an ephemeral key",
+          metavar="PEM"),
+    _Spec("gpg", _text, False, "also write a GPG detached signature of the manifest (needs gpg)", flag=True),
+    _Spec("no-pack", _text, False, "write the verdict but not the proof pack", flag=True),
+    _Spec("rerun", _text, False, "recompute scenarios whose stored record matches the current config", flag=True),
+    _Spec("save-models", _text, False, "also save each edited model as safetensors under the run directory",
+          flag=True),
+    _Spec("gpu-memory", _positive_float("gpu-memory"), None, "usable GiB per GPU (overrides NVML)", metavar="GB"),
+    _Spec("timeout", _positive_float("timeout"), None, "seconds one scenario may take before it is an error",
+          metavar="S"),
+    _Spec("determinism", _choice("determinism", DETERMINISM), "throughput",
+          "throughput (TF32, cuDNN benchmark) or strict (deterministic algorithms)", metavar="MODE"),
+    _Spec("repeats", _positive_int("repeats"), 0,
+          "evaluate the first clean scenario N extra times per model and record the spread", metavar="N"),
+    _Spec("skip-disk-check", _text, False, "do not refuse to start when disk space looks short", flag=True),
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The validated ``--proofpack-*`` options (attribute = option name with ``-`` → ``_``)."""
+
+    suite: str | None
+    models: tuple[str, ...]
+    scenarios: Path | None
+    suites: Path | None
+    tuned_params: Path | None
+    out: Path | None
+    cache: Path | None
+    clean_runs: int
+    stress_runs: int
+    calibration_runs: int
+    tier: str
+    gate_rule: str
+    presets: Path | None
+    calibrate_only: bool
+    dataset: str | None
+    net: bool
+    device: str
+    dtype: str | None
+    seed: int
+    shard: str | None
+    sign_key: Path | None
+    gpg: bool
+    no_pack: bool
+    rerun: bool
+    save_models: bool
+    gpu_memory: float | None
+    timeout: float | None
+    determinism: str
+    repeats: int
+    skip_disk_check: bool
+
+    def cache_root(self) -> Path:
+        if self.cache is not None:
+            return self.cache
+        env = os.environ.get("PROOFPACK_CACHE")
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "pytest_proofpack"
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("proofpack", "pytest-proofpack: edit-detection proof packs")
+    for spec in _SPECS:
+        dest = "proofpack_" + spec.name.replace("-", "_")
+        if spec.flag:
+            group.addoption(f"--proofpack-{spec.name}", action="store_true", dest=dest, default=None,
+                            help=spec.help)
+            parser.addini(dest, type="bool", default=False, help=spec.help)
+        else:
+            group.addoption(f"--proofpack-{spec.name}", action="store", dest=dest, default=None,
+                            metavar=spec.metavar, help=spec.help)
+            parser.addini(dest, type="string", default="", help=spec.help)
+
+
+def read_options(config: pytest.Config) -> Options:
+    """Command line first, then the ini twin, then the default; every value validated."""
+    values: dict[str, Any] = {}
+    for spec in _SPECS:
+        dest = "proofpack_" + spec.name.replace("-", "_")
+        cli = config.getoption(dest, default=None)
+        if spec.flag:
+            values[dest[10:]] = bool(cli) or bool(config.getini(dest))
+            continue
+        raw = cli if cli is not None else (config.getini(dest) or None)
+        values[dest[10:]] = spec.parse(str(raw)) if raw is not None else spec.default
+    names = {f.name for f in fields(Options)}
+    assert names == set(values), names ^ set(values)
+    return Options(**values)

@@ -1,0 +1,59 @@
+"""The pytest entry point: declares options, markers and hooks, and registers the session object. No logic here.
+
+Nothing heavy is imported: torch, transformers and NVML load only inside fixtures and engine calls.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_proofpack import hookspecs
+from pytest_proofpack.options import add_options
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+MARKERS = (
+    "clean: a clean edit scenario (tuned parameters; the detector must let it pass)",
+    "stress: a stress edit scenario",
+    "error_injection: a fault injection scenario",
+    "must_pass: the evaluation must pass every gate",
+    "must_fail: the evaluation must fail and its detectors must fire",
+    "must_detect: the scenario's detectors must fire",
+    "informational: the signal is recorded; the test always passes",
+    "proofpack_model(key): the model a scenario runs on",
+)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    from pytest_proofpack.session import auto_num_workers
+
+    return auto_num_workers(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    from pytest_proofpack import engine_plugin
+    from pytest_proofpack.session import ProofpackSession
+
+    config.pluginmanager.register(engine_plugin, "proofpack-engine")
+    session = ProofpackSession.from_config(config)
+    config.pluginmanager.register(session, ProofpackSession.PLUGIN_NAME)
+
+
+def pytest_report_header(config: pytest.Config) -> Sequence[str] | None:
+    session = config.pluginmanager.get_plugin("proofpack-session")
+    return session.header() if session is not None else None

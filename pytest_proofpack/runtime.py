@@ -1,0 +1,290 @@
+"""Per-worker state: the run context, and one loaded model with its windows, baseline and calibrated preset.
+
+A :class:`ModelRuntime` is created by the session fixture ``proofpack_runtime`` once per model on each worker
+and closed when the worker moves on to another model. Everything expensive is computed lazily and cached:
+
+* the model (loaded once per worker; GGUF conversions cached on disk by :mod:`~pytest_proofpack.models.sources`);
+* the token stream (cached on disk per corpus × tokenizer) and the evaluation windows (seeded, deterministic);
+* the baseline state (per-window losses, guard statistics) on disk under
+  ``<cache>/baselines/<digest>.json``, created under a FileLock so concurrent workers compute it once;
+* the calibrated preset, likewise under ``<cache>/presets/``, and copied into the run directory's
+  ``metadata/presets/`` (``--proofpack-presets DIR`` supplies presets instead of calibrating).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from filelock import FileLock
+
+from pytest_proofpack import ENGINE_VERSION
+from pytest_proofpack.errors import OptionError, ProofpackError
+from pytest_proofpack.results import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from pytest_proofpack.catalog import Catalog, Suite
+    from pytest_proofpack.data.windows import WindowSet
+    from pytest_proofpack.engine.config import EngineConfig
+    from pytest_proofpack.models import ModelEntry
+    from pytest_proofpack.models.sources import LoadedModel
+    from pytest_proofpack.options import Options
+
+
+@dataclass
+class RunContext:
+    """Everything a worker needs that does not depend on the model: options, catalog, suite, paths, digests."""
+
+    options: Options
+    catalog: Catalog
+    suite: Suite
+    run_dir: Path
+    cache: Path
+    config: dict[str, Any]
+    config_digest: str
+    dataset: Mapping[str, Any]
+    worker_id: str = "master"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def eval_settings(self, entry: ModelEntry) -> dict[str, int]:
+        merged = {"seq_len": 256, "n_preview": 4, "n_final": 16, "batch_size": 8, "bootstrap_replicates": 1000}
+        merged.update(self.suite.eval)
+        merged.update(entry.extra.get("eval", {}))
+        return merged
+
+    def device(self) -> str:
+        if self.options.device != "auto":
+            return self.options.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def engine_config(self, entry: ModelEntry) -> EngineConfig:
+        from pytest_proofpack.engine.config import EngineConfig
+
+        ev = self.eval_settings(entry)
+        return EngineConfig(
+            tier=self.options.tier, batch_size=ev["batch_size"], bootstrap_replicates=ev["bootstrap_replicates"],
+            seed=self.options.seed, gate_rule=self.options.gate_rule, guard_windows=ev["n_preview"],
+            device=self.device(),
+        )
+
+
+def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``--proofpack-dataset``: a dataset name from suites.yaml, or ``provider:path-or-name``."""
+    if value in datasets:
+        return dict(datasets[value])
+    if ":" in value:
+        provider, arg = value.split(":", 1)
+        if provider in ("local_text", "local_jsonl"):
+            return {"provider": provider, "path": arg}
+        if provider in ("hf_text", "wikitext2"):
+            return {"provider": provider, "name": arg}
+    raise OptionError(
+        f"--proofpack-dataset: {value!r} is neither a dataset of suites.yaml ({', '.join(datasets)}) nor "
+        "provider:arg (local_text:FILE, local_jsonl:FILE, hf_text:NAME)"
+    )
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ModelRuntime:
+    """One model on one worker. Attributes load on first use; :meth:`close` frees the model."""
+
+    def __init__(self, ctx: RunContext, entry: ModelEntry) -> None:
+        self.ctx = ctx
+        self.entry = entry
+        self._loaded: LoadedModel | None = None
+        self._windows: tuple[WindowSet, WindowSet] | None = None
+        self._tokens: npt.NDArray[np.int64] | None = None
+        self._baseline: Any = None
+        self._preset: dict[str, Any] | None = None
+        self.engine = ctx.engine_config(entry)
+        self.settings = ctx.eval_settings(entry)
+
+    # ----------------------------------------------------------------------------------- model and data
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            from pytest_proofpack.models.sources import load_model
+
+            t0 = time.perf_counter()
+            self._loaded = load_model(
+                self.entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
+                device=self.engine.device, dtype=self.ctx.options.dtype, allow_net=self.ctx.options.net,
+            )
+            self.ctx.timings[f"load:{self.entry.key}"] = time.perf_counter() - t0
+        return self._loaded
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    def tokens(self) -> npt.NDArray[np.int64]:
+        if self._tokens is None:
+            from pytest_proofpack.data import DatasetSpec, load_text, tokenize_corpus
+
+            spec = DatasetSpec.from_mapping(self.ctx.dataset, "dataset")
+            corpus = load_text(spec, cache=self.ctx.cache, assets=self.ctx.catalog.assets,
+                               suite=self.ctx.suite.name, allow_net=self.ctx.options.net)
+            self.corpus_desc = corpus.source_desc
+            self.corpus_digest = corpus.digest
+            self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache)
+        return self._tokens
+
+    def make_windows(self, seed: int) -> tuple[WindowSet, WindowSet]:
+        from pytest_proofpack.data.windows import make_eval_windows
+
+        s = self.settings
+        return make_eval_windows(self.tokens(), s["seq_len"], s["n_preview"], s["n_final"], seed)
+
+    @property
+    def windows(self) -> tuple[WindowSet, WindowSet]:
+        if self._windows is None:
+            self._windows = self.make_windows(self.ctx.options.seed)
+        return self._windows
+
+    # ----------------------------------------------------------------------------------- baseline
+    def _cached(self, kind: str, digest: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Load ``<cache>/<kind>/<digest>.json`` or compute it once across workers under a FileLock."""
+        path = self.ctx.cache / kind / f"{digest}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.is_file():
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    if isinstance(data, dict):
+                        return data
+                except ValueError:
+                    pass  # a corrupt cache entry is recomputed, never trusted
+            data = compute()
+            atomic_write_json(path, data)
+            return data
+
+    def baseline_digest(self) -> str:
+        preview, final = self.windows
+        return _digest("baseline", ENGINE_VERSION, self.loaded.fingerprint, self.loaded.dtype,
+                       preview.digest, final.digest, self.engine.digest())
+
+    @property
+    def baseline(self) -> Any:
+        if self._baseline is None:
+            from pytest_proofpack.engine import BaselineState, prepare_baseline
+
+            preview, final = self.windows
+            t0 = time.perf_counter()
+            data = self._cached(
+                "baselines", self.baseline_digest(),
+                lambda: prepare_baseline(self.model, preview, final, self.engine).to_json(),
+            )
+            self._baseline = BaselineState.from_json(data)
+            self.ctx.timings[f"baseline:{self.entry.key}"] = time.perf_counter() - t0
+        return self._baseline
+
+    # ----------------------------------------------------------------------------------- preset
+    def preset_path(self) -> Path:
+        return self.ctx.run_dir / "metadata" / "presets" / f"calibrated_preset_{self.entry.key}.json"
+
+    @property
+    def preset(self) -> dict[str, Any]:
+        if self._preset is None:
+            self._preset = self._load_or_calibrate()
+        return self._preset
+
+    def _load_or_calibrate(self) -> dict[str, Any]:
+        supplied = self.ctx.options.presets
+        if supplied is not None:
+            path = supplied / f"calibrated_preset_{self.entry.key}.json"
+            if not path.is_file():
+                raise OptionError(f"--proofpack-presets: {path} not found; write it with "
+                                  "--proofpack-calibrate-only or drop the option to calibrate")
+            try:
+                preset = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise OptionError(f"--proofpack-presets: {path} is not valid JSON: {exc}") from None
+            if not isinstance(preset, dict) or preset.get("schema") != "proofpack_preset_v1":
+                raise OptionError(f"--proofpack-presets: {path}: schema must be proofpack_preset_v1")
+        else:
+            runs = self.ctx.options.calibration_runs
+            digest = _digest("preset", self.baseline_digest(), runs)
+            t0 = time.perf_counter()
+            preset = self._cached("presets", digest, lambda: self._calibrate(runs))
+            self.ctx.timings[f"calibration:{self.entry.key}"] = time.perf_counter() - t0
+        self._publish_preset(preset)
+        return preset
+
+    def _calibrate(self, runs: int) -> dict[str, Any]:
+        from pytest_proofpack.calibration import benign_edits
+        from pytest_proofpack.engine import calibrate
+
+        # Calibration windows use seeds disjoint from the evaluation seed, so no scenario is judged on the
+        # very windows its thresholds were fitted on.
+        base_seed = self.ctx.options.seed + 1000
+        preset: dict[str, Any] = calibrate(
+            self.model, lambda i: self.make_windows(base_seed + i), self.baseline, self.engine,
+            runs=runs, benign=benign_edits(self.model),
+        )
+        preset.setdefault("model", {"key": self.entry.key, "hub_id": self.entry.hub_id})
+        return preset
+
+    def _publish_preset(self, preset: dict[str, Any]) -> None:
+        path = self.preset_path()
+        with FileLock(str(path) + ".lock") if path.parent.is_dir() else _mkdir_lock(path):
+            atomic_write_json(path, preset)
+            atomic_write_text(path.with_suffix(".yaml"), yaml.safe_dump(preset, sort_keys=True))
+        for i, run in enumerate(preset.get("calibration_runs", []) or [], start=1):
+            atomic_write_json(self.ctx.run_dir / "reports" / self.entry.key / "calibration" / f"run_{i}" /
+                              "calibration.json", run)
+
+    def close(self) -> None:
+        """Drop the model and free accelerator memory."""
+        self._loaded = None
+        self._baseline = None
+        import gc
+
+        gc.collect()
+        if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" or self.engine.device.startswith("cuda"):
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:  # pragma: no cover - torch is a dependency
+                pass
+
+
+def _mkdir_lock(path: Path) -> FileLock:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``(error_class, one-line message)`` decided from the exception's type, never from log text."""
+    if isinstance(exc, ProofpackError):
+        return exc.error_class, str(exc)
+    name = type(exc).__name__
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return "oom", f"{name}: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}"
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    if isinstance(exc, MemoryError):
+        return "oom", f"{name}: host memory exhausted"
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"{name}: {exc}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return "internal", f"{name}: {first}"

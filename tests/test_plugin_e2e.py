@@ -1,0 +1,125 @@
+"""The plugin as a user runs it: pytester sessions with -n 2, -k, -m, --lf, --junitxml, verdict and exit codes.
+
+These use a tiny real LLaMA saved as a local model directory and a local text corpus; the evaluation comes from
+the oracle engine of :mod:`e2e_support` so every outcome is known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from e2e_support import ORACLE_CONFTEST, make_model_dir, write_suite
+
+N_SCENARIOS = 20  # subset scenarios: 4 clean + 4 stress + 12 faults, one run each here
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"tiny-a": make_model_dir(root, 0), "tiny-b": make_model_dir(root, 1)}
+
+
+@pytest.fixture
+def suite_args(pytester: pytest.Pytester, model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    pytester.makeconftest(ORACLE_CONFTEST)
+    monkeypatch.setenv("PROOFPACK_TEST_LOG", str(pytester.path / "calls.log"))
+    monkeypatch.delenv("PROOFPACK_TEST_MISS", raising=False)
+    return write_suite(pytester.path, model_dirs)
+
+
+def _calls(pytester: pytest.Pytester) -> list[list[str]]:
+    path = pytester.path / "calls.log"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _verdict(pytester: pytest.Pytester) -> dict:  # type: ignore[type-arg]
+    return json.loads((pytester.path / "run" / "results" / "final_verdict.json").read_text())
+
+
+def test_full_run_passes_writes_verdict_pack_and_junit(pytester: pytest.Pytester, suite_args: list[str]) -> None:
+    from junitparser.xunit2 import JUnitXml
+
+    result = pytester.runpytest_subprocess(*suite_args, "-n", "2", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=2 * N_SCENARIOS)
+    assert result.ret == 0
+    verdict = _verdict(pytester)
+    assert verdict["verdict"] == "PASS", verdict["failed_requirements"]
+    workers = {c[0] for c in _calls(pytester)}
+    assert workers == {"gw0", "gw1"}
+    assert (pytester.path / "run" / "proof_pack" / "manifest.json").is_file()
+    result.stdout.fnmatch_lines(["*verdict: PASS*"])
+    xml = JUnitXml.fromfile(str(pytester.path / "junit.xml"))
+    suite = next(iter(xml))
+    suite_props = {p.name: p.value for p in suite.properties()}
+    assert suite_props["proofpack_verdict"] == "PASS"
+    assert suite_props["proofpack_suite"] == "tiny"
+    cases = list(suite)
+    assert len(cases) == 2 * N_SCENARIOS
+    props = {q.name: q.value for q in cases[0].properties()}
+    assert props["proofpack_model"] in ("tiny-a", "tiny-b")
+    assert {"proofpack_ratio", "proofpack_ci_lo", "proofpack_strictness", "proofpack_detectors_hit"} <= set(props)
+
+
+def test_missed_detection_fails_the_test_and_the_verdict_then_lf_resumes(
+    pytester: pytest.Pytester, suite_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROOFPACK_TEST_MISS", "scale_explosion")
+    args = [a for a in suite_args if a != "no:cacheprovider" and a != "-p"]
+    result = pytester.runpytest_subprocess(*args, "-k", "tiny-a")
+    result.assert_outcomes(passed=N_SCENARIOS - 1, failed=1, deselected=N_SCENARIOS)
+    result.stdout.fnmatch_lines(["*scale_explosion*expected*"])
+    assert result.ret == 1
+    assert _verdict(pytester)["verdict"] == "FAIL"
+    # The detector is fixed: --lf reruns only the failed scenario, the verdict covers every stored record.
+    monkeypatch.delenv("PROOFPACK_TEST_MISS")
+    (pytester.path / "calls.log").unlink()
+    result = pytester.runpytest_subprocess(*args, "--lf", "-k", "tiny-a")
+    result.assert_outcomes(passed=1, deselected=2 * N_SCENARIOS - 1)
+    assert [c[2] for c in _calls(pytester)] == ["scale_explosion"]
+    verdict = _verdict(pytester)
+    # tiny-b never ran: coverage must fail the verdict even though every test passed.
+    assert verdict["verdict"] == "FAIL"
+    assert [r["requirement"] for r in verdict["failed_requirements"]] == ["scenario_coverage"]
+    assert result.ret == 1
+
+
+def test_selection_by_marker_and_keyword(pytester: pytest.Pytester, suite_args: list[str]) -> None:
+    result = pytester.runpytest_subprocess(*suite_args, "--collect-only", "-q", "-m", "must_detect")
+    result.stdout.fnmatch_lines(["*18/40 tests collected (22 deselected)*"])
+    result = pytester.runpytest_subprocess(*suite_args, "--collect-only", "-q", "-k", "tiny-b and quant and clean")
+    result.stdout.fnmatch_lines(["proofpack::test_scenario[[]tiny-b:quant_4bit_clean:run1]", "*1/40 tests*"])
+    assert not (pytester.path / "run").exists(), "--collect-only must not write the run directory"
+
+
+def test_passed_records_are_reused_unless_rerun(pytester: pytest.Pytester, suite_args: list[str]) -> None:
+    assert pytester.runpytest_subprocess(*suite_args, "-k", "tiny-a and clean").ret == 1  # coverage fails
+    assert len(_calls(pytester)) == 4
+    (pytester.path / "calls.log").unlink()
+    pytester.runpytest_subprocess(*suite_args, "-k", "tiny-a and clean")
+    assert _calls(pytester) == []
+    record = json.loads((pytester.path / "run" / "records" / "tiny-a" / "quant_4bit_clean" / "run_1.json").read_text())
+    assert record["reused"] is True and record["outcome"] == "passed"
+    pytester.runpytest_subprocess(*suite_args, "-k", "tiny-a and clean", "--proofpack-rerun")
+    assert len(_calls(pytester)) == 4
+
+
+def test_config_change_makes_records_stale(pytester: pytest.Pytester, suite_args: list[str]) -> None:
+    pytester.runpytest_subprocess(*suite_args, "-k", "tiny-a and clean")
+    result = pytester.runpytest_subprocess(*suite_args, "-k", "tiny-a and clean", "--proofpack-tier", "conservative")
+    result.stdout.fnmatch_lines(["*stale records ignored: tier 'balanced' -> 'conservative'*"])
+    assert len(_calls(pytester)) == 8
+
+
+def test_invalid_catalog_is_a_usage_error_and_writes_nothing(pytester: pytest.Pytester, suite_args: list[str]) -> None:
+    bad = pytester.path / "bad.json"
+    bad.write_text(json.dumps({"schema": "proof_pack_scenarios_v1", "schema_version": 1, "scenarios": [
+        {"id": "x", "category": "clean", "strictness": "must_passs", "intent": "clean_control",
+         "primary_guard": "primary_metric", "generation": {"kind": "edit", "edit_spec": "quant_rtn:4:32:ffn"}}]}))
+    result = pytester.runpytest_subprocess(*suite_args, "--proofpack-scenarios", str(bad))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad.json: $.scenarios[[]0[]] (x).strictness: 'must_passs' is not accepted "
+                                 "(did you mean 'must_pass'?)*"])
+    assert "Traceback" not in result.stderr.str()
+    assert not (pytester.path / "run").exists()
