@@ -1,0 +1,134 @@
+"""``proofpack`` console script: ``verify``, ``merge``, ``report`` (and hooks for more subcommands).
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
+``func`` to a handler ``(args) -> int``; adding a subcommand (the lead's ``fetch``) is one such function plus
+one line in :data:`_SUBCOMMANDS`. A :class:`ProofpackError` never shows a traceback: one line on stderr and
+its exit code (``PackError.exit_code``, else 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pytest_proofpack.errors import PackError, ProofpackError
+
+__all__ = ["build_parser", "main"]
+
+_Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth importing
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pytest_proofpack.pack import verify_pack
+    from pytest_proofpack.verdict import atomic_write_text, dump_json
+
+    pack = Path(args.pack)
+    json_out = Path(args.json) if args.json else None
+    if json_out is not None and pack.is_dir():
+        resolved = json_out.resolve()
+        if resolved == pack.resolve() or pack.resolve() in resolved.parents:
+            raise PackError(f"--json {json_out}: must be written outside the pack {pack}", exit_code=2)
+    result = verify_pack(
+        pack, strict=args.strict, public_key=Path(args.public_key) if args.public_key else None
+    )
+    if json_out is not None:
+        atomic_write_text(json_out, dump_json(result.to_dict()))
+    stream = sys.stdout if result.ok else sys.stderr
+    for line in result.human():
+        print(line, file=stream)
+    return result.exit_code
+
+
+def _add_verify(subparsers: _Subparsers) -> None:
+    p = subparsers.add_parser(
+        "verify",
+        help="verify a proof pack (signature, checksums, manifest, recomputed verdict)",
+        description="Exit codes: 0 ok, 2 usage, 3 missing files, 4 schema, 5 signature, 6 integrity, "
+        "7 verdict mismatch.",
+    )
+    p.add_argument("pack", help="the proof_pack directory")
+    p.add_argument("--strict", action="store_true", help="require a signature and no files outside checksums")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT (outside the pack)")
+    p.add_argument("--public-key", metavar="KEY", help="PEM Ed25519 key the pack must be signed with")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from pytest_proofpack.pack import merge_runs
+
+    pack = merge_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    print(f"merged {len(args.run_dirs)} run directories into {args.out}; pack: {pack}")
+    return 0
+
+
+def _add_merge(subparsers: _Subparsers) -> None:
+    p = subparsers.add_parser("merge", help="merge shard run directories into one run directory and pack")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of the shards")
+    p.add_argument("--out", required=True, metavar="DIR", help="new run directory to create")
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pytest_proofpack.pack import build_pack
+    from pytest_proofpack.verdict import compute_verdict, load_run, render_matrix, write_results
+
+    run_dir = Path(args.run_dir)
+    loaded = load_run(run_dir)
+    verdict = compute_verdict(
+        loaded.scenarios, loaded.planned, loaded.results, stale_records=loaded.stale_records
+    )
+    write_results(run_dir / "results", verdict)
+    pack = build_pack(run_dir, sign_key=Path(args.sign_key) if args.sign_key else None, gpg=args.gpg)
+    for line in render_matrix(verdict):
+        print(line)
+    print(f"verdict {verdict['verdict']}; results in {run_dir / 'results'}; pack {pack}")
+    for failed in verdict["failed_requirements"]:
+        print(f"  {failed['requirement']}: {failed['message']}")
+    return 0 if verdict["verdict"] == "PASS" else 1
+
+
+def _add_report(subparsers: _Subparsers) -> None:
+    p = subparsers.add_parser("report", help="recompute results/ and rebuild the pack of a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--sign-key", metavar="PEM", help="Ed25519 private key (default: an ephemeral key)")
+    p.add_argument("--gpg", action="store_true", help="also write a GPG detached signature of the manifest")
+    p.set_defaults(func=_cmd_report)
+
+
+def _add_fetch(subparsers: _Subparsers) -> None:
+    """Hook point for the ``fetch`` subcommand (owned by the session code); registers nothing yet."""
+
+
+_SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_verify, _add_merge, _add_report, _add_fetch]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proofpack", description="Work with pytest-proofpack proof packs.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the console script; return its exit code (argparse usage errors exit 2)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    try:
+        code: int = args.func(args)
+    except ProofpackError as exc:
+        print(f"proofpack {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, PackError) else 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

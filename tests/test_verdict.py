@@ -1,0 +1,511 @@
+"""Verdict rules on synthetic, schema-complete reports (reference harness §9, §12) plus the §13 fixes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_proofpack.verdict import (
+    RESULT_FILES,
+    RunResult,
+    compute_verdict,
+    render_matrix,
+    write_results,
+)
+
+PMOK_FALSE = {"kind": "validation_flag", "flag": "primary_metric_acceptable", "expected": False}
+PM_DEGRADED = {"kind": "primary_metric", "field": "degraded", "expected": True}
+SPECTRAL_UNSTABLE = {"kind": "validation_flag", "flag": "spectral_stable", "expected": False}
+
+
+def _vf(flag: str, expected: bool) -> dict[str, Any]:
+    return {"kind": "validation_flag", "flag": flag, "expected": expected}
+
+
+def _scn(sid: str, category: str, strictness: str, guard: str, **reqs: Any) -> dict[str, Any]:
+    intent = {
+        "clean": "clean_control",
+        "must_fail": "catastrophic_failure",
+        "must_detect": "fault_detection",
+    }.get(category if category == "clean" else strictness, "subtle_detectable")
+    generation: dict[str, Any]
+    if category == "error_injection":
+        generation = {"kind": "error", "error_type": sid}
+    else:
+        spec = {
+            "quant": "quant_rtn:4:32:all",
+            "fp8": "fp8_quant:e5m2:all",
+            "prune": "magnitude_prune:0.5:all",
+        }
+        generation = {
+            "kind": "edit",
+            "edit_spec": next((v for k, v in spec.items() if sid.startswith(k)), "lowrank_svd:32:all"),
+            "version": category,
+        }
+    return {
+        "id": sid,
+        "category": category,
+        "failure_class": sid,
+        "strictness": strictness,
+        "intent": intent,
+        "primary_guard": guard,
+        "generation": generation,
+        "requirements": reqs,
+        "suites": ["subset", "full"],
+    }
+
+
+def catalog() -> list[dict[str, Any]]:
+    """The reference's 20 subset scenarios (ids, strictness, guards, requirements)."""
+    inv_fail = {"kind": "invariants_status", "allowed": ["fail", "error"]}
+    inv_warn = {"kind": "invariants_status", "allowed": ["warn", "fail", "error"]}
+    caps1 = {"kind": "spectral_caps_applied", "min": 1}
+    subtle = [PMOK_FALSE, SPECTRAL_UNSTABLE, caps1]
+    scenarios = [
+        _scn(s, "clean", "must_pass", "primary_metric")
+        for s in ("quant_4bit_clean", "fp8_e5m2_clean", "prune_12pct_clean", "svd_rank32_l31_clean")
+    ]
+    for sid in ("prune_50pct_stress", "svd_rank32_stress"):
+        scenarios.append(
+            _scn(
+                sid,
+                "stress",
+                "must_fail",
+                "primary_metric",
+                catastrophic_required=True,
+                detectors_any_of=[PMOK_FALSE, PM_DEGRADED],
+            )
+        )
+    scenarios.append(
+        _scn("quant_4bit_stress", "stress", "informational", "primary_metric", detectors_any_of=subtle)
+    )
+    scenarios.append(_scn("fp8_e5m2_stress", "stress", "informational", "spectral", detectors_any_of=subtle))
+    scenarios.append(
+        _scn(
+            "nan_injection",
+            "error_injection",
+            "must_detect",
+            "invariants",
+            primary_guard_required=True,
+            detectors_any_of=[inv_fail],
+        )
+    )
+    for sid in ("inf_injection", "shape_mismatch"):
+        scenarios.append(
+            _scn(sid, "error_injection", "must_detect", "invariants", detectors_any_of=[inv_fail])
+        )
+    for sid in ("missing_tensors", "weight_tying_break"):
+        scenarios.append(
+            _scn(sid, "error_injection", "must_detect", "invariants", detectors_any_of=[inv_warn])
+        )
+    scenarios.append(
+        _scn(
+            "extreme_quant",
+            "error_injection",
+            "must_detect",
+            "primary_metric",
+            primary_guard_required=True,
+            detectors_any_of=[PMOK_FALSE, PM_DEGRADED, SPECTRAL_UNSTABLE],
+        )
+    )
+    for sid in ("scale_explosion", "rank_collapse", "norm_collapse"):
+        scenarios.append(
+            _scn(
+                sid,
+                "error_injection",
+                "must_detect",
+                "spectral",
+                detectors_any_of=[SPECTRAL_UNSTABLE, PMOK_FALSE, PM_DEGRADED],
+            )
+        )
+    scenarios.append(
+        _scn(
+            "rmt_norm_noise",
+            "error_injection",
+            "informational",
+            "rmt",
+            primary_guard_required=True,
+            detectors_all_of=[
+                _vf("primary_metric_acceptable", True),
+                _vf("invariants_pass", True),
+                _vf("spectral_stable", True),
+            ],
+            detectors_any_of=[
+                {"kind": "rmt_probe", "field": "stable", "expected": False},
+                _vf("rmt_stable", False),
+            ],
+        )
+    )
+    scenarios.append(
+        _scn(
+            "spectral_moderate_scale",
+            "error_injection",
+            "informational",
+            "spectral",
+            primary_guard_required=True,
+            detectors_all_of=[
+                _vf("primary_metric_acceptable", True),
+                _vf("invariants_pass", True),
+                _vf("rmt_stable", True),
+                _vf("spectral_stable", True),
+            ],
+            detectors_any_of=[{"kind": "spectral_caps_applied", "min": 3}],
+        )
+    )
+    scenarios.append(
+        _scn(
+            "ve_mlp_scale_skew",
+            "error_injection",
+            "informational",
+            "variance",
+            primary_guard_required=True,
+            detectors_all_of=[
+                _vf("primary_metric_acceptable", True),
+                _vf("invariants_pass", True),
+                _vf("spectral_stable", True),
+                _vf("rmt_stable", True),
+            ],
+            detectors_any_of=[
+                {"kind": "ve_probe", "field": "signal", "expected": True},
+                {"kind": "ve_probe", "field": "proposed_scales", "min": 1},
+            ],
+        )
+    )
+    return scenarios
+
+
+def clean_report(model: str, sid: str, run: int, rng: random.Random) -> dict[str, Any]:
+    ratio = 1.0 + rng.uniform(-0.02, 0.03)
+    half = rng.uniform(0.002, 0.02)
+    return {
+        "schema": "proofpack_report_v1",
+        "model": model,
+        "scenario": sid,
+        "run": run,
+        "validation": {
+            "primary_metric_acceptable": True,
+            "preview_final_drift_acceptable": True,
+            "invariants_pass": True,
+            "spectral_stable": True,
+            "rmt_stable": True,
+        },
+        "primary_metric": {
+            "kind": "ppl_causal",
+            "ratio_vs_baseline": ratio,
+            "ci": [ratio - half, ratio + half],
+            "degraded": False,
+            "invalid": False,
+            "degraded_reason": None,
+            "gate_rule": "ci_upper",
+            "limit": 1.1,
+        },
+        "invariants": {"status": "pass", "failures": []},
+        "spectral": {"caps_applied": 0, "max_caps": 5},
+        "rmt": {"stable": True},
+        "variance": {"enabled": False},
+    }
+
+
+def passing_report(model: str, sid: str, run: int, rng: random.Random) -> dict[str, Any]:
+    """A report that makes ``sid`` behave as the reference's PASS example expects (sidecars embedded)."""
+    r = clean_report(model, sid, run, rng)
+    v, pm = r["validation"], r["primary_metric"]
+    if sid in ("prune_50pct_stress", "svd_rank32_stress", "quant_4bit_stress", "extreme_quant"):
+        v["primary_metric_acceptable"] = False
+        pm["ratio_vs_baseline"] = rng.uniform(1.4, 9.0)
+        pm["ci"] = [pm["ratio_vs_baseline"] * 0.95, pm["ratio_vs_baseline"] * 1.05]
+    elif sid in ("nan_injection", "inf_injection", "shape_mismatch", "missing_tensors", "weight_tying_break"):
+        v["invariants_pass"] = False
+        r["invariants"] = {"status": "fail", "failures": [{"kind": "non_finite"}]}
+    elif sid in ("scale_explosion", "rank_collapse", "norm_collapse"):
+        v["spectral_stable"] = False
+        r["spectral"]["caps_applied"] = rng.randint(1, 5)
+    elif sid == "rmt_norm_noise":
+        r["rmt_probe"] = {
+            "stable": False,
+            "edge_risk_by_family": {"ffn": 1.3},
+            "violations": [{"family": "ffn"}],
+        }
+    elif sid == "spectral_moderate_scale":
+        r["spectral"]["caps_applied"] = rng.randint(3, 5)
+    elif sid == "ve_mlp_scale_skew":
+        r["ve_probe"] = {"signal": True, "proposed_scales": rng.randint(1, 4), "ab_gain": 0.01}
+    return r
+
+
+def make_results(
+    scenarios: Iterable[dict[str, Any]], models: Iterable[str], runs: Iterable[int], seed: int | None = None
+) -> tuple[list[tuple[str, str, int]], list[RunResult]]:
+    rng = random.Random(seed)
+    planned, results = [], []
+    for model in models:
+        for s in scenarios:
+            for run in runs:
+                planned.append((model, s["id"], run))
+                report = passing_report(model, s["id"], run, rng)
+                results.append(RunResult(model, s["id"], run, "passed", report, None, None))
+    return planned, results
+
+
+def _failed(verdict: dict[str, Any]) -> list[str]:
+    return sorted({f["requirement"] for f in verdict["failed_requirements"]})
+
+
+def _replace(results: list[RunResult], model: str, sid: str, run: int, **changes: Any) -> list[RunResult]:
+    out = []
+    for r in results:
+        if (r.model, r.scenario, r.run) == (model, sid, run):
+            fields = {**r.__dict__, **changes}
+            r = RunResult(**fields)
+        out.append(r)
+    return out
+
+
+def _edit(results: list[RunResult], sid: str, edit: Any, model: str = "m1", run: int = 1) -> list[RunResult]:
+    out = []
+    for r in results:
+        if (r.model, r.scenario, r.run) == (model, sid, run):
+            report = copy.deepcopy(dict(r.report or {}))
+            edit(report)
+            r = RunResult(r.model, r.scenario, r.run, r.outcome, report, None, None)
+        out.append(r)
+    return out
+
+
+def test_reference_pass_example_counts() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    verdict = compute_verdict(scenarios, planned, results)
+    assert verdict["failed_requirements"] == []
+    assert verdict["verdict"] == "PASS"
+    c = verdict["counts"]
+    assert (c["clean_total"], c["clean_pass"], c["stress_total"], c["stress_fail"]) == (4, 4, 4, 3)
+    assert (c["error_injection_total"], c["error_injection_detected"]) == (12, 12)
+    assert c["primary_guard_required_scenarios"] == c["primary_guard_required_hits"] == 5
+    assert c["primary_guard_required_scenarios_hit"] == 5
+    assert (c["records_total"], c["models_total"], c["missing_total"]) == (20, 1, 0)
+    assert (c["catastrophic_required_total"], c["catastrophic_required_fail"]) == (2, 2)
+    assert (c["informational_stress_total"], c["informational_stress_signaled"]) == (2, 1)
+    assert c["tests_ok"] == 20 and c["tests_wrong"] == 0
+    assert verdict["core_guard_order"] == ["invariants", "spectral", "rmt", "variance", "primary_metric"]
+    assert verdict["category_summary"]["error_injection"]["invariants_fail"] == 5
+    signals = verdict["guard_signal_summary"]["signals"]
+    assert signals["rmt"] == {"flagged": 1, "unique": 1}
+    assert signals["variance"] == {"flagged": 1, "unique": 1}
+    assert verdict["guard_intervention_summary"]["signals"]["ve_signal"]["flagged"] == 1
+    assert [s["id"] for s in verdict["scenario_signal_summary"]][:4] == sorted(s["id"] for s in scenarios[:4])
+    cells = verdict["detection_matrix"]["cells"]["m1"]
+    assert cells["quant_4bit_clean"]["outcome"] == "pass"
+    assert cells["quant_4bit_stress"]["outcome"] == "signal"
+    assert cells["fp8_e5m2_stress"]["outcome"] == "quiet"
+    assert cells["nan_injection"]["guards"] == ["invariants"]
+    json.dumps(verdict, allow_nan=False)
+
+
+def test_verdict_is_deterministic_and_has_no_clock() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1, 2], seed=random.randrange(1 << 30))
+    a = compute_verdict(scenarios, planned, results)
+    b = compute_verdict(scenarios, list(reversed(planned)), list(reversed(results)))
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert "timestamp" not in a and "generated_at" not in a
+
+
+@pytest.mark.parametrize(
+    ("sid", "edit", "requirement"),
+    [
+        ("prune_12pct_clean", lambda r: r["validation"].update(spectral_stable=False), "clean_all_pass"),
+        ("quant_4bit_clean", lambda r: r["validation"].pop("rmt_stable"), "clean_all_pass"),
+        (
+            "svd_rank32_stress",
+            lambda r: r["validation"].update(primary_metric_acceptable=True, spectral_stable=False),
+            "stress_expected_detectors",
+        ),
+        ("inf_injection", lambda r: r.update(invariants={"status": "warn"}), "error_injection_detected"),
+        ("rmt_norm_noise", lambda r: r.pop("rmt_probe"), "scenario_primary_guard_signal"),
+        (
+            "spectral_moderate_scale",
+            lambda r: r["validation"].update(rmt_stable=False),
+            "scenario_expected_detectors",
+        ),
+    ],
+)
+def test_each_requirement_individually(sid: str, edit: Any, requirement: str) -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    verdict = compute_verdict(scenarios, planned, _edit(results, sid, edit))
+    assert verdict["verdict"] == "FAIL"
+    expected = {requirement}
+    if requirement == "scenario_primary_guard_signal":
+        expected |= {"scenario_expected_detectors", "guard_primary_demonstrated"}
+    assert set(_failed(verdict)) == expected
+    failures = [f for req in verdict["failed_requirements"] for f in req.get("failures", [])]
+    assert {(f["model"], f["scenario"], f["run"]) for f in failures} == {("m1", sid, 1)}
+
+
+def test_stress_required_fail_alone() -> None:
+    scenarios = catalog()
+    caps = {"kind": "spectral_caps_applied", "min": 1}
+    target = next(s for s in scenarios if s["id"] == "prune_50pct_stress")
+    target["requirements"]["detectors_any_of"] = [caps]
+    planned, results = make_results(scenarios, ["m1"], [1])
+    results = _edit(results, "prune_50pct_stress", lambda r: r["spectral"].update(caps_applied=2))
+    assert compute_verdict(scenarios, planned, results)["verdict"] == "PASS"
+    results = _edit(
+        results, "prune_50pct_stress", lambda r: r["validation"].update(primary_metric_acceptable=True)
+    )
+    verdict = compute_verdict(scenarios, planned, results)
+    assert _failed(verdict) == ["stress_required_fail"]
+    (req,) = verdict["failed_requirements"]
+    assert req["failures"][0]["passed"] is True and req["failures"][0]["detectors_hit"] is True
+
+
+def test_guard_primary_demonstrated_per_guard() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    results = _edit(results, "ve_mlp_scale_skew", lambda r: r.update(ve_probe={"signal": False}))
+    verdict = compute_verdict(scenarios, planned, results)
+    demo = [f for f in verdict["failed_requirements"] if f["requirement"] == "guard_primary_demonstrated"]
+    assert [(f["guard"], f["model"]) for f in demo] == [("variance", "m1")]
+    assert verdict["detection_matrix"]["cells"]["m1"]["ve_mlp_scale_skew"]["outcome"] == "fail"
+
+
+def test_informational_signal_fraction() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    results = _edit(
+        results, "quant_4bit_stress", lambda r: r["validation"].update(primary_metric_acceptable=True)
+    )
+    verdict = compute_verdict(scenarios, planned, results)
+    assert _failed(verdict) == ["informational_stress_min_signal_fraction"]
+    (req,) = verdict["failed_requirements"]
+    assert req["details"] == {"signaled": 0, "total": 2, "fraction": 0.0}
+
+
+def test_empty_evidence_fails() -> None:
+    scenarios = catalog()
+    planned, _ = make_results(scenarios, ["m1"], [1])
+    verdict = compute_verdict(scenarios, planned, [])
+    assert "evidence_present" in _failed(verdict)
+    assert "scenario_coverage" in _failed(verdict)
+    assert compute_verdict(scenarios, [], [])["failed_requirements"][0]["requirement"] == "evidence_present"
+
+
+def test_model_with_zero_reports_fails_coverage() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1])
+    kept = [r for r in results if r.model == "m1"]
+    verdict = compute_verdict(scenarios, planned, kept)
+    assert _failed(verdict) == ["scenario_coverage"]
+    (req,) = verdict["failed_requirements"]
+    assert req["model"] == "m2"
+    gating = [
+        s
+        for s in scenarios
+        if s["strictness"] != "informational" or s["requirements"].get("primary_guard_required")
+    ]
+    assert len(req["failures"]) == len(gating)
+    assert verdict["counts"]["missing_total"] == 20 and verdict["counts"]["missing_gating"] == len(gating)
+    assert set(verdict["missing"]["by_model"]["m2"]) == {"gating", "stress_informational"}
+    assert verdict["detection_matrix"]["cells"]["m2"]["nan_injection"]["outcome"] == "missing"
+
+
+def test_error_or_reportless_case_is_missing() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    results = _replace(
+        results,
+        "m1",
+        "shape_mismatch",
+        1,
+        outcome="error",
+        error_class="oom",
+        error_message="CUDA out of memory",
+    )
+    results = _replace(results, "m1", "fp8_e5m2_clean", 1, report=None, outcome="failed")
+    results = _replace(results, "m1", "fp8_e5m2_stress", 1, report=None, outcome="skipped")
+    verdict = compute_verdict(scenarios, planned, results)
+    assert _failed(verdict) == ["scenario_coverage"]
+    cases = {(c["scenario"], c["gating"]): c["reason"] for c in verdict["missing"]["cases"]}
+    assert cases == {
+        ("shape_mismatch", True): "error: oom: CUDA out of memory",
+        ("fp8_e5m2_clean", True): "failed: no evaluation report",
+        ("fp8_e5m2_stress", False): "skipped: unknown",
+    }
+    assert verdict["missing"]["by_model"]["m1"]["stress_informational"] == ["fp8_e5m2_stress[run1]"]
+
+
+def test_every_run_is_judged_not_only_the_last() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1, 2, 3])
+    assert compute_verdict(scenarios, planned, results)["verdict"] == "PASS"
+    # a false alarm in run 1 is not hidden by a clean run 3
+    bad = _edit(results, "quant_4bit_clean", lambda r: r["validation"].update(invariants_pass=False), run=1)
+    verdict = compute_verdict(scenarios, planned, bad)
+    assert _failed(verdict) == ["clean_all_pass"]
+    assert verdict["counts"]["records_total"] == 60
+    # the pgr rule holds for every run too
+    quiet = _edit(results, "rmt_norm_noise", lambda r: r["rmt_probe"].update(stable=True), run=2)
+    verdict = compute_verdict(scenarios, planned, quiet)
+    assert _failed(verdict) == ["scenario_expected_detectors", "scenario_primary_guard_signal"]
+
+
+def test_unplanned_and_stale_are_counted_not_judged() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    _, extra = make_results(scenarios[:2], ["m9"], [1])
+    bad_extra = _edit(
+        extra, "quant_4bit_clean", lambda r: r["validation"].update(invariants_pass=False), model="m9"
+    )
+    verdict = compute_verdict(scenarios, planned, results + bad_extra, stale_records=3)
+    assert verdict["verdict"] == "PASS"
+    assert verdict["counts"]["unplanned_results"] == 2 and verdict["counts"]["stale_records"] == 3
+
+
+def test_non_finite_numbers_become_null() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    results = _edit(
+        results,
+        "extreme_quant",
+        lambda r: r["primary_metric"].update(
+            ratio_vs_baseline=float("nan"), ci=[float("inf"), float("nan")], degraded=True
+        ),
+    )
+    verdict = compute_verdict(scenarios, planned, results)
+    rec = next(r for r in verdict["records"] if r["name"] == "extreme_quant")
+    assert rec["ratio"] is None and rec["ci"] == [None, None]
+    json.dumps(verdict, allow_nan=False)
+
+
+def test_write_results_and_matrix(tmp_path: Path) -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1])
+    results = _edit(
+        results, "quant_4bit_clean", lambda r: r["validation"].update(invariants_pass=False), model="m2"
+    )
+    verdict = compute_verdict(scenarios, planned, results)
+    (tmp_path / "run.json").write_text("{}")
+    written = write_results(tmp_path, verdict)
+    assert [p.name for p in written] == list(RESULT_FILES)
+    assert all(p.parent == tmp_path / "results" for p in written)
+    loaded = json.loads((tmp_path / "results" / "final_verdict.json").read_text())
+    assert loaded == verdict
+    matrix = json.loads((tmp_path / "results" / "detection_matrix.json").read_text())
+    assert matrix == verdict["detection_matrix"]
+    text = (tmp_path / "results" / "final_verdict.txt").read_text()
+    assert "verdict: FAIL" in text and "clean_all_pass" in text
+    lines = render_matrix(verdict)
+    row = next(line for line in lines if line.startswith("quant_4bit_clean "))
+    ratio_m1 = next(
+        r["ratio"] for r in verdict["records"] if r["model"] == "m1" and r["name"] == "quant_4bit_clean"
+    )
+    cells = row.split()
+    assert cells[1:3] == ["P", f"{ratio_m1:.3f}"] and cells[3] == "F"
+    assert not list(tmp_path.glob("results/.*.tmp"))
