@@ -99,7 +99,25 @@ def _add_report(subparsers: _Subparsers) -> None:
 
 
 def _add_fetch(subparsers: _Subparsers) -> None:
-    """Hook point for the ``fetch`` subcommand (owned by the session code); registers nothing yet."""
+    p = subparsers.add_parser("fetch", help="fetch a suite's assets (model files, corpora) into the cache")
+    p.add_argument("--suite", metavar="NAME", help="fetch what this suite needs (default: every asset)")
+    p.add_argument("--asset", action="append", default=[], metavar="NAME", help="fetch only this asset")
+    p.add_argument("--suites", metavar="PATH", help="suites.yaml to read instead of the shipped one")
+    p.add_argument("--cache", metavar="DIR", help="cache root (default $PROOFPACK_CACHE or "
+                   "~/.cache/pytest_proofpack)")
+    p.set_defaults(func=_cmd_fetch)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from pytest_proofpack.assets import cache_root
+    from pytest_proofpack.catalog import load_catalog
+    from pytest_proofpack.fetch import fetch
+
+    catalog = load_catalog(suites=Path(args.suites) if args.suites else None)
+    cache = Path(args.cache).expanduser() if args.cache else cache_root()
+    for name, where in fetch(catalog, cache, suite=args.suite, assets=args.asset):
+        print(f"{name}: {where}")
+    return 0
 
 
 _SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_verify, _add_merge, _add_report, _add_fetch]

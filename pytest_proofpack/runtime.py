@@ -120,6 +120,11 @@ class ModelRuntime:
         if self._loaded is None:
             from pytest_proofpack.models.sources import load_model
 
+            threads = os.environ.get("PROOFPACK_TORCH_THREADS")
+            if threads and threads.isdigit():
+                import torch
+
+                torch.set_num_threads(int(threads))  # set per worker by the scheduler: no oversubscription
             t0 = time.perf_counter()
             self._loaded = load_model(
                 self.entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,

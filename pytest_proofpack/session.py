@@ -132,6 +132,23 @@ class ProofpackSession:
         self.config.args = [*([] if self.config.args_source != pytest.Config.ArgsSource.ARGS
                               else self.config.args), str(ANCHOR)]
         self.config.addinivalue_line("python_functions", TEST_NAME)
+        if not self.is_worker:
+            self._register_scheduler()
+
+    def _register_scheduler(self) -> None:
+        """Controller only: the GPU-aware xdist scheduler and per-worker device pinning (no-ops without -n)."""
+        from pytest_proofpack.scheduling.gpus import detect_inventory
+        from pytest_proofpack.scheduling.plan import PlanSettings
+        from pytest_proofpack.scheduling.xdist import SchedulingPlugin
+
+        assert self.ctx is not None
+        ev = self.ctx.suite.eval
+        inventory = detect_inventory(self.options.gpu_memory, warn=self.notes.append)
+        settings = PlanSettings(batch_size=ev.get("batch_size", 8), seq_len=ev.get("seq_len", 512),
+                                dtype_bytes=2 if inventory.mode == "gpu" else 4)
+        models = {c.model.key: c.model for c in self.cases}
+        self.config.pluginmanager.register(SchedulingPlugin(self.config, models, settings, inventory),
+                                           "proofpack-scheduling")
 
     def header(self) -> list[str] | None:
         if self.ctx is None:
@@ -287,11 +304,11 @@ class ProofpackSession:
             return
         if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR):
             return
-        from pytest_proofpack.verdict import compute_verdict, load_run_results, write_results
+        from pytest_proofpack.verdict import compute_verdict, load_run, write_results
 
         try:
-            scenarios, planned, results = load_run_results(self.ctx.run_dir)
-            verdict = compute_verdict(scenarios, planned, results)
+            run = load_run(self.ctx.run_dir)
+            verdict = compute_verdict(run.scenarios, run.planned, run.results, stale_records=run.stale_records)
             write_results(self.ctx.run_dir / "results", verdict)
             self.verdict = verdict
             if not self.options.no_pack:
