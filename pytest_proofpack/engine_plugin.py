@@ -25,7 +25,7 @@ def pytest_proofpack_evaluate(case: Case, runtime: ModelRuntime, change: dict[st
     from pytest_proofpack.execute import probes_for
     from pytest_proofpack.oom import is_oom, release_memory
 
-    preview, final = runtime.windows
+    preview, final = runtime.windows(case.run)
     cfg = runtime.engine
     context = {"model": case.model.key, "scenario": case.scenario.id, "run": case.run, "edit": change,
                "probes": probes_for(case), "model_revision": runtime.loaded.revision,
@@ -33,7 +33,8 @@ def pytest_proofpack_evaluate(case: Case, runtime: ModelRuntime, change: dict[st
     attempt = 0
     while True:
         try:
-            return evaluate(runtime.model, runtime.baseline, preview, final, runtime.preset, cfg, context=context)
+            return evaluate(runtime.model, runtime.baseline(case.run), preview, final, runtime.preset, cfg,
+                            context=context)
         except Exception as exc:
             if not is_oom(exc) or attempt >= OOM_RETRIES or cfg.batch_size == 1:
                 raise

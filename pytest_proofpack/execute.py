@@ -52,7 +52,7 @@ def apply_change(case: Case, runtime: ModelRuntime) -> Any:
 
 def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseResult:
     """Evaluate one case: baseline and preset first, then change → ``pytest_proofpack_evaluate`` → restore."""
-    runtime.baseline  # noqa: B018 - materialise on the unedited model
+    runtime.baseline(case.run)  # materialised on the unedited model, before the change
     runtime.preset  # noqa: B018
     change = apply_change(case, runtime)
     try:

@@ -13,6 +13,7 @@ and closed when the worker moves on to another model. Everything expensive is co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -80,6 +81,9 @@ class RunContext:
         )
 
 
+RUN_WINDOW_STRIDE = 7919
+
+
 def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """``--proofpack-dataset``: a dataset name from suites.yaml, or ``provider:path-or-name``."""
     if value in datasets:
@@ -87,7 +91,7 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
     if ":" in value:
         provider, arg = value.split(":", 1)
         if provider in ("local_text", "local_jsonl"):
-            return {"provider": provider, "path": arg}
+            return {"provider": provider, "path": str(Path(arg).resolve())}  # relative to the cwd
         if provider in ("hf_text", "wikitext2"):
             return {"provider": provider, "name": arg}
     raise OptionError(
@@ -107,9 +111,9 @@ class ModelRuntime:
         self.ctx = ctx
         self.entry = entry
         self._loaded: LoadedModel | None = None
-        self._windows: tuple[WindowSet, WindowSet] | None = None
+        self._windows: dict[int, tuple[WindowSet, WindowSet]] = {}
         self._tokens: npt.NDArray[np.int64] | None = None
-        self._baseline: Any = None
+        self._baselines: dict[int, Any] = {}
         self._preset: dict[str, Any] | None = None
         self.engine = ctx.engine_config(entry)
         self.settings = ctx.eval_settings(entry)
@@ -126,8 +130,11 @@ class ModelRuntime:
 
                 torch.set_num_threads(int(threads))  # set per worker by the scheduler: no oversubscription
             t0 = time.perf_counter()
+            # The command line's --proofpack-dtype beats the suite entry's dtype.
+            entry = dataclasses.replace(self.entry, dtype=self.ctx.options.dtype) if self.ctx.options.dtype \
+                else self.entry
             self._loaded = load_model(
-                self.entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
+                entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
                 device=self.engine.device, dtype=self.ctx.options.dtype, allow_net=self.ctx.options.net,
             )
             self.ctx.timings[f"load:{self.entry.key}"] = time.perf_counter() - t0
@@ -143,7 +150,8 @@ class ModelRuntime:
 
             spec = DatasetSpec.from_mapping(self.ctx.dataset, "dataset")
             corpus = load_text(spec, cache=self.ctx.cache, assets=self.ctx.catalog.assets,
-                               suite=self.ctx.suite.name, allow_net=self.ctx.options.net)
+                               suite=self.ctx.suite.name, allow_net=self.ctx.options.net,
+                               base_dir=self.ctx.catalog.paths["suites"].parent)
             self.corpus_desc = corpus.source_desc
             self.corpus_digest = corpus.digest
             self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache)
@@ -155,11 +163,14 @@ class ModelRuntime:
         s = self.settings
         return make_eval_windows(self.tokens(), s["seq_len"], s["n_preview"], s["n_final"], seed)
 
-    @property
-    def windows(self) -> tuple[WindowSet, WindowSet]:
-        if self._windows is None:
-            self._windows = self.make_windows(self.ctx.options.seed)
-        return self._windows
+    def window_seed(self, run: int) -> int:
+        """Run ``r`` of a scenario evaluates its own window sample, so runs are real replicates."""
+        return self.ctx.options.seed + RUN_WINDOW_STRIDE * (run - 1)
+
+    def windows(self, run: int = 1) -> tuple[WindowSet, WindowSet]:
+        if run not in self._windows:
+            self._windows[run] = self.make_windows(self.window_seed(run))
+        return self._windows[run]
 
     # ----------------------------------------------------------------------------------- baseline
     def _cached(self, kind: str, digest: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -178,25 +189,25 @@ class ModelRuntime:
             atomic_write_json(path, data)
             return data
 
-    def baseline_digest(self) -> str:
-        preview, final = self.windows
+    def baseline_digest(self, run: int = 1) -> str:
+        preview, final = self.windows(run)
         return _digest("baseline", ENGINE_VERSION, self.loaded.fingerprint, self.loaded.dtype,
                        preview.digest, final.digest, self.engine.digest())
 
-    @property
-    def baseline(self) -> Any:
-        if self._baseline is None:
+    def baseline(self, run: int = 1) -> Any:
+        """The baseline state on run ``run``'s windows (computed on the unedited model, cached on disk)."""
+        if run not in self._baselines:
             from pytest_proofpack.engine import BaselineState, prepare_baseline
 
-            preview, final = self.windows
+            preview, final = self.windows(run)
             t0 = time.perf_counter()
             data = self._cached(
-                "baselines", self.baseline_digest(),
+                "baselines", self.baseline_digest(run),
                 lambda: prepare_baseline(self.model, preview, final, self.engine).to_json(),
             )
-            self._baseline = BaselineState.from_json(data)
-            self.ctx.timings[f"baseline:{self.entry.key}"] = time.perf_counter() - t0
-        return self._baseline
+            self._baselines[run] = BaselineState.from_json(data)
+            self.ctx.timings[f"baseline:{self.entry.key}:{run}"] = time.perf_counter() - t0
+        return self._baselines[run]
 
     # ----------------------------------------------------------------------------------- preset
     def preset_path(self) -> Path:
@@ -231,14 +242,14 @@ class ModelRuntime:
         return preset
 
     def _calibrate(self, runs: int) -> dict[str, Any]:
-        from pytest_proofpack.calibration import benign_edits
+        from pytest_proofpack.benign import benign_edits
         from pytest_proofpack.engine import calibrate
 
         # Calibration windows use seeds disjoint from the evaluation seed, so no scenario is judged on the
         # very windows its thresholds were fitted on.
         base_seed = self.ctx.options.seed + 1000
         preset: dict[str, Any] = calibrate(
-            self.model, lambda i: self.make_windows(base_seed + i), self.baseline, self.engine,
+            self.model, lambda i: self.make_windows(base_seed + i), self.baseline(), self.engine,
             runs=runs, benign=benign_edits(self.model),
         )
         preset.setdefault("model", {"key": self.entry.key, "hub_id": self.entry.hub_id})
@@ -256,7 +267,7 @@ class ModelRuntime:
     def close(self) -> None:
         """Drop the model and free accelerator memory."""
         self._loaded = None
-        self._baseline = None
+        self._baselines.clear()
         import gc
 
         gc.collect()

@@ -1,0 +1,38 @@
+"""Model edits: spec grammar, one implementation per edit kind, and reversible in-place application.
+
+Public API (names resolve lazily so that importing this package does not import torch)::
+
+    parse_edit_spec(text) -> EditSpec            resolve_clean(spec, entry) -> EditSpec
+    parse_scope(text) -> Scope                   scope_matches(scope, ref) -> bool
+    apply_edit(model, spec, *, seed=0) -> AppliedChange   (change.metadata, change.restore(), `with`)
+    default_edit_registry, register_edit(name, parser, fn, *, param_names=...)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EditSpec": "spec",
+    "Scope": "spec",
+    "parse_edit_spec": "spec",
+    "parse_scope": "spec",
+    "resolve_clean": "spec",
+    "scope_matches": "spec",
+    "AppliedChange": "apply",
+    "apply_edit": "apply",
+    "EditKind": "registry",
+    "EditRegistry": "registry",
+    "default_edit_registry": "registry",
+    "register_edit": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

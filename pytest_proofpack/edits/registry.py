@@ -1,0 +1,205 @@
+"""The edit registry: edit kind name -> (parameter parser, matrix edit function).
+
+An edit function takes one fp32 ``[out, in]`` matrix (a private copy it may not alias back) and returns
+``(new_matrix, stats)``; :func:`pytest_proofpack.edits.apply.apply_edit` does scope selection, casting, saving
+for restore and bookkeeping. ``stats`` may hold ``skipped: True`` (matrix left alone) and numeric counters
+that are summed (``zeros``, ``saturated``) or averaged (``energy_retained``) into the change's metadata.
+
+Plugins extend it through the ``pytest_proofpack_register_edits(registry)`` hook by calling
+``registry.register(...)``. Importing this module does not import torch: edit functions import it when called.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_proofpack.errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_proofpack.edits.spec import Params
+
+EditFn = Callable[..., "tuple[torch.Tensor, dict[str, Any]]"]
+"""``fn(matrix: Tensor[out, in] fp32, params: Mapping[str, Any], *, seed: int) -> (new_matrix, stats)``."""
+ParamParser = Callable[[Sequence[str]], "Params"]
+"""``parse(args) -> ((name, value), ...)``; raises ``ValueError("<name> '<arg>' is not ...")`` if bad."""
+
+
+@dataclass(frozen=True)
+class EditKind:
+    """One registered edit: its name, positional parameter names, usage line, parser and matrix function.
+
+    ``tuned_fields`` are the ``tuned_edit_params`` entry keys that map, in order, onto the positional
+    parameters.
+    """
+
+    name: str
+    param_names: tuple[str, ...]
+    parse: ParamParser
+    fn: EditFn
+    tuned_fields: tuple[str, ...] = ()
+
+    @property
+    def usage(self) -> str:
+        return ":".join([self.name, *(f"<{p}>" for p in self.param_names), "<scope>"])
+
+
+def did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class EditRegistry:
+    """Name -> :class:`EditKind`. ``register`` rejects duplicates unless ``replace=True``."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, EditKind] = {}
+
+    def register(
+        self,
+        name: str,
+        parser: ParamParser,
+        fn: EditFn,
+        *,
+        param_names: Sequence[str] = ("param",),
+        tuned_fields: Sequence[str] | None = None,
+        replace: bool = False,
+    ) -> EditKind:
+        """Add an edit kind. ``param_names`` are its positional spec parameters (they also name the
+        ``tuned_edit_params`` fields unless ``tuned_fields`` is given)."""
+        if not name or ":" in name or "@" in name:
+            raise SpecError(f"edit kind name {name!r} must be non-empty and contain no ':' or '@'")
+        if name in self._kinds and not replace:
+            raise SpecError(f"edit kind '{name}' is already registered; pass replace=True to override it")
+        kind = EditKind(name, tuple(param_names), parser, fn, tuple(tuned_fields or param_names))
+        self._kinds[name] = kind
+        return kind
+
+    def get(self, name: str, *, context: str = "") -> EditKind:
+        """The kind called ``name``; :class:`SpecError` with "did you mean" and the known names otherwise."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            where = f"{context}: " if context else ""
+            raise SpecError(
+                f"{where}unknown edit kind '{name}'{did_you_mean(name, self.names())}; "
+                f"known: {', '.join(self.names())}"
+            )
+        return kind
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+
+def _int_in(label: str, raw: str, lo: int, hi: int | None) -> int:
+    text = raw.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < lo or (hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{label} '{raw}' is not an integer {'in ' if hi is not None else ''}{bound}")
+    return value
+
+
+def _parse_quant(args: Sequence[str]) -> Params:
+    bits = _int_in("bits", args[0], 2, 8)
+    try:
+        group = int(args[1].strip())
+    except ValueError:
+        raise ValueError(f"group '{args[1]}' is not an integer (<= 0 means a whole row)") from None
+    return (("bits", bits), ("group_size", group))
+
+
+_FP8_FORMATS = {"e4m3": "e4m3fn", "e4m3fn": "e4m3fn", "e5m2": "e5m2"}
+
+
+def _parse_fp8(args: Sequence[str]) -> Params:
+    fmt = _FP8_FORMATS.get(args[0].strip().lower())
+    if fmt is None:
+        raise ValueError(f"format '{args[0]}' is not one of e4m3, e4m3fn, e5m2")
+    return (("format", fmt),)
+
+
+def _parse_prune(args: Sequence[str]) -> Params:
+    try:
+        s = float(args[0].strip())
+    except ValueError:
+        s = float("nan")
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"sparsity '{args[0]}' is not a number in [0, 1)")
+    return (("sparsity", s),)
+
+
+def _parse_rank(args: Sequence[str]) -> Params:
+    return (("rank", _int_in("rank", args[0], 1, None)),)
+
+
+def _rtn(
+    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    from pytest_proofpack.edits.quant_rtn import rtn_edit
+
+    return rtn_edit(matrix, params, seed=seed)
+
+
+def _fp8(
+    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    from pytest_proofpack.edits.fp8 import fp8_edit
+
+    return fp8_edit(matrix, params, seed=seed)
+
+
+def _prune(
+    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    from pytest_proofpack.edits.prune import prune_edit
+
+    return prune_edit(matrix, params, seed=seed)
+
+
+def _lowrank(
+    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    from pytest_proofpack.edits.lowrank import lowrank_edit
+
+    return lowrank_edit(matrix, params, seed=seed)
+
+
+def _builtin_registry() -> EditRegistry:
+    reg = EditRegistry()
+    reg.register(
+        "quant_rtn", _parse_quant, _rtn, param_names=("bits", "group"), tuned_fields=("bits", "group_size")
+    )
+    reg.register("fp8_quant", _parse_fp8, _fp8, param_names=("fmt",), tuned_fields=("format",))
+    reg.register("magnitude_prune", _parse_prune, _prune, param_names=("sparsity",))
+    reg.register("lowrank_svd", _parse_rank, _lowrank, param_names=("rank",))
+    return reg
+
+
+default_edit_registry: EditRegistry = _builtin_registry()
+"""The registry :func:`parse_edit_spec` and :func:`apply_edit` use unless given another."""
+
+
+def register_edit(
+    name: str,
+    parser: ParamParser,
+    fn: EditFn,
+    *,
+    param_names: Sequence[str] = ("param",),
+    tuned_fields: Sequence[str] | None = None,
+    replace: bool = False,
+) -> EditKind:
+    """Register an edit kind in the default registry (used by the register-edits hook)."""
+    return default_edit_registry.register(
+        name, parser, fn, param_names=param_names, tuned_fields=tuned_fields, replace=replace
+    )

@@ -1,0 +1,7 @@
+"""The engine's guards, one module each: invariants, spectral, rmt (activation edge), variance (VE detector).
+
+Each exposes a baseline measurement (JSON statistics, never tensors) and a comparison producing its report
+section; :mod:`pytest_proofpack.engine.evaluate` chains them. Import the submodules directly.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,248 @@
+"""RMT guard: an activation edge statistic per module, compared with the module's own baseline value.
+
+Hooks sit on the output of every attention output projection (role ``attn_out``) and MLP down projection (role
+``ffn_down``; for fused MoE experts, the ``experts`` container), one per layer, found through the architecture
+adapter. The guard windows are full, unpadded rows, so no pad-token rows enter the statistic.
+
+For one batch's output ``X`` (``m`` tokens x ``n`` features) each feature is standardised over the tokens
+(constant features are dropped, leaving ``n'``); the edge statistic is ``r = sigma_max(Z) / (sqrt(m) +
+sqrt(n'))``,
+the top singular value relative to the Marchenko-Pastur edge of an i.i.d. unit-variance matrix of the same
+shape.
+``sigma_max(Z)^2`` is the top eigenvalue of the smaller Gram matrix, found by ``POWER_ITERS`` power iterations
+from a fixed seeded start, entirely on the device inside the hook; values are gathered with one host
+transfer at
+the end. Batches are combined by token-weighted mean.
+
+Decision, per family (so one module with a volatile spectrum cannot flip the gate alone): the family's shift
+is
+``mean over its modules of |log(r_now / r_base)|``; a family violates iff its shift exceeds ``epsilon_family``
+(preset ``rmt.epsilon_by_family``, else :data:`~pytest_proofpack.engine.config.DEFAULT_RMT_EPSILON`), or any
+of
+its modules has a non-finite ``r_now``. ``rmt_stable`` = no violations. Per-module deltas are reported
+(``top_modules``). The same hooks record each module's output mean square for the variance guard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pytest_proofpack.engine.config import DEFAULT_RMT_EPSILON
+from pytest_proofpack.models.adapters import weight_refs
+
+POWER_ITERS: Final = 100
+TARGET_ROLES: Final = ("attn_out", "ffn_down")
+ESTIMATOR: Final[dict[str, object]] = {
+    "type": "power_iter_gram",
+    "iters": POWER_ITERS,
+    "dtype": "float32",
+    "standardisation": "per_feature",
+    "edge": "sqrt(m) + sqrt(n)",
+    "padding_rows": 0,
+    "batch_combine": "token_weighted_mean",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str
+    family: str
+    role: str
+    layer: int | None
+
+
+def activation_targets(model: Any) -> list[Target]:
+    """One target per module owning an ``attn_out`` or ``ffn_down`` weight (fused expert tensors: their
+    module)."""
+    seen: dict[str, Target] = {}
+    for ref in weight_refs(model):
+        if ref.role in TARGET_ROLES and ref.module not in seen:
+            seen[ref.module] = Target(ref.module, ref.family, ref.role, ref.layer)
+    return list(seen.values())
+
+
+@dataclass
+class _Acc:
+    """Per-module device-side accumulators (tensors), turned into floats once at the end."""
+
+    r_sum: list[Any] = field(default_factory=list)
+    ms_sum: list[Any] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+
+def _edge_and_mean_square(x: Any) -> tuple[Any, Any]:
+    """``(r, mean square)`` of one output ``x [..., n]`` as 0-d device tensors (no host sync)."""
+    import torch
+
+    a = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    m = a.shape[0]
+    ms = (a.double() ** 2).mean()
+    mean = a.mean(dim=0, keepdim=True)
+    std = a.std(dim=0, unbiased=False, keepdim=True)
+    keep = std > 1e-12 * std.max().clamp_min(1e-30)
+    n_eff = keep.sum()
+    z = torch.where(keep, (a - mean) / std.clamp_min(1e-30), torch.zeros_like(a))
+    gram = z.t() @ z if z.shape[1] <= m else z @ z.t()
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    v = torch.randn(gram.shape[0], generator=gen, dtype=torch.float32).to(gram.device)
+    v = v / v.norm()
+    lam = torch.zeros((), device=gram.device)
+    for _ in range(POWER_ITERS):
+        w = gram @ v
+        lam = w.norm()
+        v = w / lam.clamp_min(1e-30)
+    r = lam.sqrt() / (math.sqrt(m) + n_eff.to(torch.float32).sqrt())
+    return r, ms
+
+
+def capture(
+    model: Any, input_ids: Any, targets: list[Target], *, batch_size: int, device: str, chunk: int
+) -> tuple[dict[str, dict[str, float | None]], list[list[float | None]]]:
+    """Run the guard windows once with hooks on ``targets``.
+
+    Returns ``({module: {r, mean_square}}, chunk_losses)`` where ``chunk_losses[w][c]`` is the mean NLL of
+    chunk
+    ``c`` (consecutive predicted positions, ``numpy.array_split`` into ``ceil((L-1)/chunk)`` parts) of
+    window ``w``.
+    Hooks are always removed. The model is not modified.
+    """
+    import numpy as np
+    import torch
+
+    from pytest_proofpack.engine.metric import token_nll
+
+    modules = dict(model.named_modules())
+    accs = {t.module: _Acc() for t in targets if t.module in modules}
+
+    def make_hook(name: str) -> Any:
+        def hook(_mod: Any, _inp: Any, out: Any) -> None:
+            y = out[0] if isinstance(out, tuple) else out
+            r, ms = _edge_and_mean_square(y.detach())
+            tok = int(y.numel() // y.shape[-1])
+            accs[name].r_sum.append(r * tok)
+            accs[name].ms_sum.append(ms * tok)
+            accs[name].tokens.append(tok)
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(make_hook(name)) for name in accs]
+    losses: list[Any] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, int(input_ids.shape[0]), batch_size):
+                ids = input_ids[start : start + batch_size].to(device)
+                losses.append(token_nll(model, ids))
+    finally:
+        for h in handles:
+            h.remove()
+    names = list(accs)
+    flat = [torch.stack([torch.stack(accs[n].r_sum).sum(), torch.stack(accs[n].ms_sum).sum()]) for n in names]
+    values = torch.stack(flat).double().cpu().numpy() if flat else np.zeros((0, 2))
+    stats: dict[str, dict[str, float | None]] = {}
+    for n, (rs, mss) in zip(names, values, strict=True):
+        tok = float(sum(accs[n].tokens))
+        r, ms = rs / tok, mss / tok
+        stats[n] = {
+            "r": float(r) if math.isfinite(r) else None,
+            "mean_square": float(ms) if math.isfinite(ms) else None,
+        }
+    nll = torch.cat(losses).double().cpu().numpy() if losses else np.zeros((0, 0))
+    n_chunks = max(1, math.ceil(nll.shape[1] / chunk)) if nll.size else 1
+    chunk_losses: list[list[float | None]] = []
+    for row in nll:
+        parts = [float(p.mean()) for p in np.array_split(row, n_chunks)]
+        chunk_losses.append([p if math.isfinite(p) else None for p in parts])
+    return stats, chunk_losses
+
+
+def epsilon_for(preset: Mapping[str, Any], family: str) -> tuple[float, str]:
+    spec = preset.get("rmt", {}) if isinstance(preset, Mapping) else {}
+    table = spec.get("epsilon_by_family", {}) if isinstance(spec, Mapping) else {}
+    entry = table.get(family) if isinstance(table, Mapping) else None
+    if isinstance(entry, Mapping):
+        entry = entry.get("value")
+    if isinstance(entry, int | float) and not isinstance(entry, bool):
+        return float(entry), "preset"
+    return DEFAULT_RMT_EPSILON, "default"
+
+
+def compare(
+    base: Mapping[str, Mapping[str, Any]], now: Mapping[str, Mapping[str, Any]], preset: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The report's ``rmt`` section: per-family edge risk (max over modules), shift, epsilon and
+    violations."""
+    fam_base: dict[str, float] = {}
+    fam_now: dict[str, float] = {}
+    logs: dict[str, list[float]] = {}
+    broken: dict[str, list[str]] = {}
+    rows: list[dict[str, Any]] = []
+    for module, b in base.items():
+        fam = str(b["family"])
+        rb = b.get("r")
+        n = now.get(module)
+        if n is None:
+            continue  # a missing module is a structural change: the invariants guard reports it
+        rn = n.get("r")
+        if rb is not None:
+            fam_base[fam] = max(fam_base.get(fam, 0.0), float(rb))
+        if rn is None or rb is None or rb <= 0.0 or rn <= 0.0:
+            broken.setdefault(fam, []).append(module)
+            continue
+        fam_now[fam] = max(fam_now.get(fam, 0.0), float(rn))
+        lr = math.log(float(rn) / float(rb))
+        logs.setdefault(fam, []).append(abs(lr))
+        rows.append(
+            {"module": module, "family": fam, "edge_base": rb, "edge_cur": rn, "delta": math.expm1(lr)}
+        )
+    eps: dict[str, float] = {}
+    shift: dict[str, float | None] = {}
+    violations: list[dict[str, Any]] = []
+    sources: set[str] = set()
+    for fam in sorted(set(logs) | set(broken)):
+        e, src = epsilon_for(preset, fam)
+        eps[fam] = e
+        sources.add(src)
+        vals = logs.get(fam, [])
+        sh = sum(vals) / len(vals) if vals else None
+        shift[fam] = sh
+        if fam in broken:
+            violations.append(
+                {
+                    "family": fam,
+                    "reason": "non_finite",
+                    "modules": broken[fam][:10],
+                    "epsilon": e,
+                    "shift": sh,
+                }
+            )
+        elif sh is not None and sh > e:
+            violations.append(
+                {
+                    "family": fam,
+                    "reason": "shift",
+                    "shift": sh,
+                    "epsilon": e,
+                    "edge_base": fam_base.get(fam),
+                    "edge_cur": fam_now.get(fam),
+                    "delta": math.expm1(sh),
+                }
+            )
+    rows.sort(key=lambda r: -abs(r["delta"]))
+    return {
+        "stable": not violations,
+        "edge_risk_by_family_base": fam_base,
+        "edge_risk_by_family": fam_now,
+        "shift_by_family": shift,
+        "epsilon_by_family": eps,
+        "violations": violations,
+        "modules_checked": len(base),
+        "top_modules": rows[:10],
+        "rule": "family violates iff mean over its modules of |log(r_now / r_base)| > epsilon_family",
+        "estimator": ESTIMATOR,
+        "thresholds_source": "preset"
+        if sources == {"preset"}
+        else ("default" if sources <= {"default"} else "mixed"),
+    }

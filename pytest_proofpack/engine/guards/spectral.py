@@ -1,0 +1,208 @@
+"""Spectral guard: each weight matrix's largest singular value against **its own** baseline value.
+
+Estimator (seeded, deterministic on a given device): exact (``eigvalsh`` of the float64 Gram matrix) when
+``min(shape) <= EXACT_MAX_DIM``; otherwise fp32 power iteration on ``W^T W`` from a Gaussian start seeded by
+``seed + crc32(matrix key)``, at least ``MIN_ITERS`` iterations, stopping when the relative change of sigma
+drops
+below ``TOL`` (at most ``MAX_ITERS``). The residual ``||W^T W v - sigma^2 v|| / sigma^2`` is recorded.
+
+Statistic: ``s = |log(sigma_now / sigma_base)|`` per matrix. A matrix is *capped* when ``s`` exceeds its
+family's
+threshold (preset ``spectral.family_thresholds``, else
+:data:`~pytest_proofpack.engine.config.DEFAULT_SPECTRAL_THRESHOLD`).
+``spectral_stable = caps_applied <= max_caps`` and no *fatal degeneracy*: a non-finite sigma, or a sigma ratio
+outside ``[1/SPECTRAL_FATAL_RATIO, SPECTRAL_FATAL_RATIO]`` (zeroed, exploded or NaN matrices). Expert slices
+are
+their own family (``expert_ffn``); LLaMA ``mlp.gate_proj`` is ``ffn`` (the adapter's classification).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pytest_proofpack.engine.config import DEFAULT_SPECTRAL_THRESHOLD, SPECTRAL_FATAL_RATIO
+from pytest_proofpack.models.adapters import matrix, weight_refs
+
+EXACT_MAX_DIM: Final = 512
+MIN_ITERS: Final = 20
+MAX_ITERS: Final = 500
+TOL: Final = 1e-4
+
+ESTIMATOR: Final[dict[str, object]] = {
+    "type": "exact_gram_or_power_iter",
+    "dtype": "float32",
+    "exact_max_dim": EXACT_MAX_DIM,
+    "min_iters": MIN_ITERS,
+    "max_iters": MAX_ITERS,
+    "rel_tol": TOL,
+    "init": "gaussian(seed + crc32(key))",
+}
+
+
+def sigma_max(w: Any, seed: int) -> dict[str, Any]:
+    """``{sigma, method, iters, residual, converged}`` for one matrix ``w`` (any dtype; computed in fp32)."""
+    import torch
+
+    with torch.no_grad():
+        a = w.detach().to(torch.float32)
+        if not bool(torch.isfinite(a).all()):
+            return {"sigma": None, "method": "non_finite", "iters": 0, "residual": None, "converged": False}
+        if min(a.shape) <= EXACT_MAX_DIM:
+            # exact: top eigenvalue of the smaller float64 Gram matrix (faster and steadier than svdvals on
+            # CPU)
+            d = a.double()
+            gram = d @ d.t() if d.shape[0] <= d.shape[1] else d.t() @ d
+            s = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+            return {
+                "sigma": s,
+                "method": "gram_eigvalsh_fp64",
+                "iters": 0,
+                "residual": 0.0,
+                "converged": True,
+            }
+        gen = torch.Generator(device=a.device).manual_seed(seed)
+        v = torch.randn(a.shape[1], generator=gen, device=a.device, dtype=torch.float32)
+        v = v / v.norm()
+        sigma, prev, it, converged = 0.0, 0.0, 0, False
+        for it in range(1, MAX_ITERS + 1):
+            u = a @ v
+            v = a.t() @ u
+            nv = float(v.norm())
+            if nv == 0.0:
+                return {"sigma": 0.0, "method": "power_iter", "iters": it, "residual": 0.0, "converged": True}
+            v = v / nv
+            sigma = math.sqrt(nv)
+            if it >= MIN_ITERS and abs(sigma - prev) <= TOL * sigma:
+                converged = True
+                break
+            prev = sigma
+        r = a.t() @ (a @ v) - (sigma**2) * v
+        residual = float(r.norm()) / (sigma**2) if sigma > 0 else 0.0
+        return {
+            "sigma": sigma,
+            "method": "power_iter",
+            "iters": it,
+            "residual": residual,
+            "converged": converged,
+        }
+
+
+def measure(model: Any, seed: int) -> dict[str, dict[str, Any]]:
+    """``{matrix key: {family, sigma, method, iters, residual, converged}}`` for every weight matrix."""
+    out: dict[str, dict[str, Any]] = {}
+    for ref in weight_refs(model):
+        est = sigma_max(matrix(model, ref), seed + zlib.crc32(ref.key.encode()) % 1_000_003)
+        out[ref.key] = {"family": ref.family, **est}
+    return out
+
+
+def family_threshold(preset: Mapping[str, Any], family: str) -> tuple[float, str]:
+    """The family's threshold and its source (``preset`` or ``default``)."""
+    spec = preset.get("spectral", {}) if isinstance(preset, Mapping) else {}
+    table = spec.get("family_thresholds", {}) if isinstance(spec, Mapping) else {}
+    entry = table.get(family) if isinstance(table, Mapping) else None
+    if isinstance(entry, Mapping):
+        entry = entry.get("value")
+    if isinstance(entry, int | float) and not isinstance(entry, bool):
+        return float(entry), "preset"
+    return DEFAULT_SPECTRAL_THRESHOLD, "default"
+
+
+def compare(
+    base: Mapping[str, Mapping[str, Any]],
+    now: Mapping[str, Mapping[str, Any]],
+    preset: Mapping[str, Any],
+    max_caps: int,
+) -> dict[str, Any]:
+    """The report's ``spectral`` section from baseline and current measurements."""
+    families: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    fatal: list[dict[str, Any]] = []
+    missing: list[str] = []
+    sources: set[str] = set()
+    for key, b in base.items():
+        fam = str(b["family"])
+        thr, src = family_threshold(preset, fam)
+        sources.add(src)
+        f = families.setdefault(
+            fam, {"count": 0, "max_abs_log_ratio": 0.0, "threshold": thr, "violations": 0}
+        )
+        f["count"] += 1
+        n = now.get(key)
+        sb = b.get("sigma")
+        sn = n.get("sigma") if n is not None else None
+        if n is None:
+            missing.append(key)  # structure is the invariants guard's business; nothing to compare here
+            continue
+        if sb is None or sn is None or not math.isfinite(sn) or sb <= 0.0:
+            fatal.append(
+                {
+                    "module": key,
+                    "family": fam,
+                    "reason": "non_finite_sigma",
+                    "sigma_base": sb,
+                    "sigma_now": sn,
+                }
+            )
+            f["violations"] += 1
+            continue
+        if sn <= 0.0:
+            fatal.append(
+                {"module": key, "family": fam, "reason": "zero_sigma", "sigma_base": sb, "sigma_now": sn}
+            )
+            f["violations"] += 1
+            continue
+        lr = math.log(sn / sb)
+        stat = abs(lr)
+        f["max_abs_log_ratio"] = max(f["max_abs_log_ratio"], stat)
+        row = {
+            "module": key,
+            "family": fam,
+            "sigma_base": sb,
+            "sigma_now": sn,
+            "log_ratio": lr,
+            "threshold": thr,
+            "capped": stat > thr,
+        }
+        rows.append(row)
+        if stat > thr:
+            f["violations"] += 1
+        if stat > math.log(SPECTRAL_FATAL_RATIO):
+            fatal.append(
+                {
+                    "module": key,
+                    "family": fam,
+                    "reason": "sigma_ratio_out_of_range",
+                    "sigma_base": sb,
+                    "sigma_now": sn,
+                }
+            )
+    caps = sum(1 for r in rows if r["capped"]) + sum(
+        1 for x in fatal if x["reason"] != "sigma_ratio_out_of_range"
+    )
+    rows.sort(key=lambda r: -abs(r["log_ratio"]))
+    stable = caps <= max_caps and not fatal
+    return {
+        "caps_applied": caps,
+        "max_caps": max_caps,
+        "caps_exceeded": caps > max_caps,
+        "stable": stable,
+        "statistic": "abs(log(sigma_now / sigma_base)) per matrix vs its own baseline",
+        "modules_checked": len(base),
+        "families": families,
+        "fatal": fatal[:50],
+        "fatal_count": len(fatal),
+        "missing_modules": missing[:50],
+        "top_modules": rows[:10],
+        "estimator": ESTIMATOR,
+        "max_residual": max(
+            (float(v["residual"]) for v in now.values() if v.get("residual") is not None), default=0.0
+        ),
+        "unconverged": sum(1 for v in now.values() if not v.get("converged", True)),
+        "thresholds_source": "preset"
+        if sources == {"preset"}
+        else ("default" if sources <= {"default"} else "mixed"),
+    }

@@ -1,0 +1,104 @@
+"""Calibration on a tiny model: null runs give floors, benign runs raise thresholds, presets drive the
+engine."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from test_metric import make_windows
+from tinymodels import tiny_llama
+
+from pytest_proofpack.calibration import FLOORS, MARGIN, PresetError, calibrate, check_preset, preset_to_yaml
+from pytest_proofpack.data.windows import WindowSet
+from pytest_proofpack.engine.config import EngineConfig
+from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline
+from pytest_proofpack.engine.report import json_safe
+from pytest_proofpack.models.adapters import matrix, weight_refs
+
+CFG = EngineConfig(bootstrap_replicates=200, guard_windows=2, batch_size=4)
+
+
+def _factory(seed: int) -> tuple[WindowSet, WindowSet]:
+    return make_windows(4, 32, seed), make_windows(4, 32, seed + 1, offset=50_000)
+
+
+@contextmanager
+def rtn8(model: Any, run: int) -> Iterator[None]:
+    """Per-row symmetric 8-bit RTN of every FFN matrix; restores the exact weights on exit."""
+    saved = []
+    with torch.no_grad():
+        for ref in weight_refs(model):
+            if ref.family == "ffn":
+                w = matrix(model, ref)
+                saved.append((w, w.clone()))
+                scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127
+                w.copy_(torch.round(w / scale).clamp(-128, 127) * scale)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, orig in saved:
+                w.copy_(orig)
+
+
+def test_null_only_calibration_gives_floors_and_zero_alarms() -> None:
+    model = tiny_llama()
+    p, f = _factory(random.SystemRandom().randrange(2**20))
+    base = prepare_baseline(model, p, f, CFG)
+    preset = calibrate(model, _factory, base, CFG, runs=2)
+    check_preset(preset)
+    assert preset["source"] == "calibrated" and preset["calibration"]["n_evaluations"] == 2
+    assert preset["primary_metric"]["drift_band"]["value"] == FLOORS["drift_band"]
+    assert preset["primary_metric"]["drift_band"]["max"] == 0.0  # a deterministic null is exactly zero
+    for entry in preset["spectral"]["family_thresholds"].values():
+        assert entry["value"] == FLOORS["spectral"] and entry["n"] == 2
+    assert preset["calibration"]["achieved_null_false_alarm_rate"] == 0.0
+    seeds = [w["seed"] for w in preset["calibration"]["windows"]]
+    digests = {w["final_digest"] for w in preset["calibration"]["windows"]}
+    assert len(set(seeds)) == 2 and len(digests) == 2  # runs vary the window sample and the seed
+
+
+def test_benign_runs_set_thresholds_and_restore_the_model() -> None:
+    model = tiny_llama(layers=2, hidden=64)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    p, f = _factory(random.SystemRandom().randrange(2**20))
+    base = prepare_baseline(model, p, f, CFG)
+    preset = calibrate(model, _factory, base, CFG, runs=2, benign=rtn8)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+    recs = [r for r in preset["calibration"]["records"] if r["kind"] == "benign"]
+    assert len(recs) == 2
+    ffn = preset["spectral"]["family_thresholds"]["ffn"]
+    observed = max(r["spectral_family_max"]["ffn"] for r in recs)
+    assert observed > 0.0 and ffn["max"] == observed
+    assert ffn["value"] == max(FLOORS["spectral"], MARGIN * observed)
+    eps = preset["rmt"]["epsilon_by_family"]["ffn"]
+    assert eps["value"] == max(FLOORS["rmt"], MARGIN * max(r["rmt_shift"]["ffn"] for r in recs))
+    assert 0.0 <= preset["calibration"]["loo_false_alarm_rate"] <= 1.0
+    assert preset["calibration"]["achieved_null_false_alarm_rate"] == 0.0
+
+    # the preset drives the engine and is recorded as the thresholds' source
+    rep = evaluate(model, base, p, f, preset, CFG, context={"probes": []}).report
+    assert rep["spectral"]["thresholds_source"] == "preset"
+    assert rep["rmt"]["epsilon_by_family"]["ffn"] == eps["value"]
+    assert rep["primary_metric"]["drift"]["band"] == preset["primary_metric"]["drift_band"]["value"]
+    assert rep["provenance"]["preset_source"] == "calibrated"
+    assert all(rep["validation"].values())
+
+
+def test_preset_yaml_round_trip_and_schema_check() -> None:
+    model = tiny_llama()
+    p, f = _factory(7)
+    preset = calibrate(model, _factory, prepare_baseline(model, p, f, CFG), CFG, runs=1)
+    assert yaml.safe_load(preset_to_yaml(preset)) == json_safe(preset)
+    with pytest.raises(PresetError, match="schema"):
+        check_preset({"schema": "other"})
+    with pytest.raises(PresetError, match="'rmt'"):
+        check_preset({k: v for k, v in preset.items() if k != "rmt"})
+    with pytest.raises(PresetError):
+        calibrate(model, _factory, prepare_baseline(model, p, f, CFG), CFG, runs=0)

@@ -1,0 +1,267 @@
+"""Guards on tiny from-config models: clean passes, each injected fault trips its guard, errors fail
+closed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_metric import make_windows
+from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
+
+from pytest_proofpack.data.windows import WindowSet
+from pytest_proofpack.engine.config import EngineConfig
+from pytest_proofpack.engine.evaluate import BaselineMismatchError, BaselineState, evaluate, prepare_baseline
+from pytest_proofpack.engine.guards import invariants as inv
+from pytest_proofpack.engine.guards import spectral, variance
+from pytest_proofpack.engine.report import REPORT_FILE, check_report, write_report
+from pytest_proofpack.models.adapters import matrix, weight_refs
+
+CFG = EngineConfig(bootstrap_replicates=300, guard_windows=4, batch_size=4)
+CTX: dict[str, object] = {"model": "tiny", "scenario": "t", "run": 1, "edit": None, "probes": ["rmt", "ve"]}
+
+
+def _setup(model: Any, seq_len: int = 48) -> tuple[BaselineState, WindowSet, WindowSet]:
+    seed = random.SystemRandom().randrange(2**31)
+    p, f = make_windows(6, seq_len, seed), make_windows(6, seq_len, seed + 1, offset=100_000)
+    base = prepare_baseline(model, p, f, CFG)
+    # the lead caches baselines as JSON: always judge against the round-tripped state
+    return BaselineState.from_json(json.loads(json.dumps(base.to_json()))), p, f
+
+
+@pytest.mark.parametrize("factory", [tiny_llama, tiny_gpt2, tiny_mixtral, tiny_qwen2])
+def test_clean_model_passes_every_gate(factory: Any) -> None:
+    model = factory()
+    base, p, f = _setup(model)
+    res = evaluate(model, base, p, f, {}, CFG, context=CTX)
+    check_report(res.report)
+    assert all(res.report["validation"].values()), res.report["validation"]
+    assert res.report["invariants"]["status"] == "pass"
+    assert res.report["spectral"]["caps_applied"] == 0
+    assert res.report["rmt_probe"]["stable"] is True
+    assert res.report["ve_probe"]["signal"] is False and res.report["ve_probe"]["proposed_scales"] == 0
+    assert res.passed
+
+
+def test_scaled_attention_projection_trips_spectral() -> None:
+    model = tiny_llama(layers=3)
+    base, p, f = _setup(model)
+    layer = random.SystemRandom().randrange(3)
+    target = f"model.layers.{layer}.self_attn.o_proj.weight"
+    with torch.no_grad():
+        model.get_parameter(target).mul_(2.0)
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert rep["spectral"]["caps_applied"] == 1
+    top = rep["spectral"]["top_modules"][0]
+    assert top["module"] == target and top["log_ratio"] == pytest.approx(0.6931, abs=2e-3)
+    assert rep["spectral"]["families"]["attn"]["violations"] == 1
+    assert rep["validation"]["spectral_stable"] is True  # one cap is within the balanced budget of 5
+    preset = {"spectral": {"family_thresholds": {"attn": {"value": 0.8}}}}
+    assert evaluate(model, base, p, f, preset, CFG, context=CTX).report["spectral"]["caps_applied"] == 0
+
+
+def test_many_scaled_matrices_exceed_budget() -> None:
+    model = tiny_llama(layers=3)
+    base, p, f = _setup(model)
+    with torch.no_grad():
+        for ref in weight_refs(model):
+            if ref.family == "ffn":
+                matrix(model, ref).mul_(1.3)
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert rep["spectral"]["caps_applied"] == 9
+    assert rep["validation"]["spectral_stable"] is False
+
+
+def test_one_nan_trips_invariants() -> None:
+    model = tiny_qwen2()
+    base, p, f = _setup(model)
+    refs = weight_refs(model)
+    ref = random.SystemRandom().choice(refs)
+    with torch.no_grad():
+        matrix(model, ref)[0, 0] = float("nan")
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert rep["invariants"]["status"] == "fail"
+    assert rep["validation"]["invariants_pass"] is False
+    assert any(
+        x["check"] == "non_finite_tensor" and ref.name in x["detail"] for x in rep["invariants"]["failures"]
+    )
+    assert rep["validation"]["spectral_stable"] is False
+    assert rep["primary_metric"]["degraded"] is True
+    assert rep["validation"]["primary_metric_acceptable"] is False
+
+
+def test_nan_buffer_trips_invariants() -> None:
+    model = tiny_llama()
+    base, p, f = _setup(model)
+    name, buf = next((n, b) for n, b in model.named_buffers() if b.is_floating_point())
+    buf.view(-1)[0] = float("inf")
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert any(
+        name in x["detail"] for x in rep["invariants"]["failures"] if x["check"] == "non_finite_tensor"
+    )
+
+
+@pytest.mark.parametrize("fix_config", [True, False])
+def test_dropped_layer_trips_invariants(fix_config: bool) -> None:
+    model = tiny_llama(layers=3)
+    base, p, f = _setup(model)
+    subject = copy.deepcopy(model)  # structural faults work on a copy
+    del subject.model.layers[2]
+    if fix_config:
+        subject.config.num_hidden_layers = 2
+    rep = evaluate(subject, base, p, f, {}, CFG, context=CTX).report
+    checks = {x["check"] for x in rep["invariants"]["failures"]}
+    assert rep["invariants"]["status"] == "fail"
+    assert "missing_tensors" in checks and "layer_count_changed" in checks
+    assert ("layer_count" in checks) is (not fix_config)
+
+
+def test_vocab_resize_and_untie_trip_invariants() -> None:
+    model = tiny_qwen2()  # tied embeddings
+    base, p, f = _setup(model)
+    grown = copy.deepcopy(model)
+    grown.resize_token_embeddings(128 + 8)
+    checks = {
+        x["check"] for x in evaluate(grown, base, p, f, {}, CFG, context=CTX).report["invariants"]["failures"]
+    }
+    assert {"vocab_size", "config_vocab_size", "tensor_shape"} <= checks
+    untied = copy.deepcopy(model)
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    untied.config.tie_word_embeddings = False
+    checks = {
+        x["check"]
+        for x in evaluate(untied, base, p, f, {}, CFG, context=CTX).report["invariants"]["failures"]
+    }
+    assert {"weight_tying", "extra_tensors"} <= checks
+
+
+def test_removed_rmsnorm_trips_invariants() -> None:
+    model = tiny_llama()
+    base, p, f = _setup(model)
+    subject = copy.deepcopy(model)
+    subject.model.layers[1].post_attention_layernorm = torch.nn.Identity()
+    rep = evaluate(subject, base, p, f, {}, CFG, context=CTX).report
+    assert "norm_missing" in {x["check"] for x in rep["invariants"]["failures"]}
+
+
+def test_anisotropic_row_blend_trips_rmt() -> None:
+    model = tiny_llama(layers=2, hidden=64)
+    base, p, f = _setup(model, seq_len=64)
+    g = torch.Generator().manual_seed(random.SystemRandom().randrange(2**31))
+    with torch.no_grad():
+        for ref in weight_refs(model):
+            if ref.role == "ffn_up":
+                w = matrix(model, ref)
+                rows = torch.randperm(w.shape[0], generator=g)[: w.shape[0] // 2]
+                norms = w[rows].norm(dim=1, keepdim=True)
+                blended = 0.02 * w[rows] + 0.98 * w[0:1]
+                w[rows] = blended / blended.norm(dim=1, keepdim=True) * norms
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert rep["validation"]["rmt_stable"] is False
+    assert rep["rmt_probe"]["stable"] is False
+    assert any(v["family"] == "ffn" for v in rep["rmt_probe"]["violations"])
+    assert rep["validation"]["invariants_pass"] is True
+
+
+def test_mlp_down_scale_makes_ve_propose_without_touching_the_model() -> None:
+    model = tiny_llama(layers=2, hidden=64)
+    base, p, f = _setup(model)
+    layer = random.SystemRandom().randrange(2)
+    with torch.no_grad():
+        model.model.layers[layer].mlp.down_proj.weight.mul_(0.9)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    ve = rep["ve_probe"]
+    assert ve["proposed_scales"] >= 1
+    first = ve["proposed_scales_detail"][0]
+    assert first["module"] == f"model.layers.{layer}.mlp.down_proj"
+    assert first["alpha"] == pytest.approx(1 / 0.9, rel=1e-3)
+    assert ve["n_pairs"] == 4 * 2  # 4 guard windows x ceil(47 / 32) chunks
+    assert ve["signal"] is (ve["gain_ci"][0] > ve["min_effect"])
+    after = model.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("improvement", [0.0, 0.01])
+def test_ve_signal_needs_a_gain_whose_ci_excludes_zero(
+    monkeypatch: pytest.MonkeyPatch, improvement: float
+) -> None:
+    """The A/B rule itself, with the scaled pass replaced by a known outcome."""
+    rng = np.random.default_rng(random.SystemRandom().randrange(2**31))
+    no_ve = rng.uniform(2.0, 3.0, size=(4, 8)).tolist()
+    noise = rng.normal(0.0, 0.001, size=(4, 8))
+    with_ve = (np.asarray(no_ve) - improvement + noise).tolist()
+    monkeypatch.setattr(variance, "scaled_chunk_losses", lambda *_a, **_k: with_ve)
+    base = {"m": {"role": "ffn_down", "mean_square": 1.0, "layer": 0}}
+    now = {"m": {"mean_square": 0.81}}
+    out = variance.assess(
+        None, None, base, now, no_ve, {}, batch_size=1, device="cpu", replicates=500, alpha=0.05, seed=1
+    )
+    assert out["proposed_scales"] == 1
+    assert out["signal"] is (improvement > 0)
+    assert out["mean_gain"] == pytest.approx(improvement + float(-noise.mean()), abs=1e-12)
+    quiet = variance.assess(
+        None,
+        None,
+        base,
+        {"m": {"mean_square": 0.99}},
+        no_ve,
+        {},
+        batch_size=1,
+        device="cpu",
+        replicates=500,
+        alpha=0.05,
+        seed=1,
+    )
+    assert quiet["proposed_scales"] == 0 and quiet["signal"] is False
+    assert quiet["signal_reasons"] == ["insufficient_scales"]
+
+
+def test_raising_guard_is_an_error_never_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_llama()
+    base, p, f = _setup(model)
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("guard exploded")
+
+    monkeypatch.setattr(inv, "validate", boom)
+    monkeypatch.setattr(spectral, "measure", boom)
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert rep["invariants"]["status"] == "error"
+    assert rep["validation"]["invariants_pass"] is False
+    assert rep["validation"]["spectral_stable"] is False
+    assert "guard exploded" in rep["spectral"]["error"]
+    assert rep["validation"]["primary_metric_acceptable"] is True  # the metric itself still ran
+
+
+def test_report_files_are_strict_json_with_sidecars(tmp_path: Path) -> None:
+    model = tiny_gpt2()
+    base, p, f = _setup(model)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_proj.weight[0, 0] = float("nan")
+    res = evaluate(model, base, p, f, {}, CFG, context=CTX)
+    paths = write_report(tmp_path / "run_1", res)
+    assert sorted(x.name for x in paths) == sorted([REPORT_FILE, "rmt_probe.json", "ve_probe.json"])
+    for path in paths:
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    rep = json.loads((tmp_path / "run_1" / REPORT_FILE).read_text())
+    check_report(rep)
+    assert rep["primary_metric"]["ratio_vs_baseline"] is None and rep["primary_metric"]["invalid"] is True
+    assert json.loads((tmp_path / "run_1" / "rmt_probe.json").read_text())["probe"] == "rmt_cross_model_v1"
+    assert not list((tmp_path / "run_1").glob("*.tmp"))
+
+
+def test_baseline_from_other_config_is_rejected() -> None:
+    model = tiny_llama()
+    base, p, f = _setup(model)
+    with pytest.raises(BaselineMismatchError):
+        evaluate(model, base, p, f, {}, EngineConfig(seed=7, bootstrap_replicates=300), context=CTX)
+    with pytest.raises(BaselineMismatchError):
+        BaselineState.from_json({"schema": "other"})

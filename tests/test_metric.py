@@ -1,0 +1,136 @@
+"""Primary metric: batched per-window losses, pairing, ratio/CI, degraded windows, gates and drift."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tinymodels import tiny_llama
+
+from pytest_proofpack.data.windows import WindowSet, token_hash
+from pytest_proofpack.engine.config import EngineConfig
+from pytest_proofpack.engine.metric import PairingError, check_pairing, paired_primary_metric, window_losses
+
+
+def make_windows(n: int, seq_len: int, seed: int, vocab: int = 128, offset: int = 0) -> WindowSet:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, seq_len), generator=g)
+    return WindowSet(
+        tuple(f"w{offset + i * seq_len}" for i in range(n)),
+        tuple(token_hash(r.numpy().tobytes()) for r in ids),
+        ids,
+    )
+
+
+def _fresh_seed() -> int:
+    return random.SystemRandom().randrange(2**31)
+
+
+def test_window_losses_match_unbatched_reference() -> None:
+    model = tiny_llama(seed=_fresh_seed() % 1000)
+    ws = make_windows(5, 24, _fresh_seed())
+    got = window_losses(model, ws, batch_size=2, device="cpu")
+    with torch.no_grad():
+        for i in range(len(ws)):
+            ids = ws.input_ids[i : i + 1]
+            hf = model(input_ids=ids, labels=ids).loss  # HF's own shifted mean CE over L-1 positions
+            assert got[i] == pytest.approx(float(hf), rel=1e-5)
+
+
+def test_noop_ratio_is_exactly_one_with_unit_ci() -> None:
+    model = tiny_llama()
+    p, f = make_windows(6, 32, _fresh_seed()), make_windows(6, 32, _fresh_seed(), offset=10_000)
+    cfg = EngineConfig(bootstrap_replicates=300)
+    bp = window_losses(model, p, batch_size=4, device="cpu")
+    bf = window_losses(model, f, batch_size=4, device="cpu")
+    sp = window_losses(model, p, batch_size=3, device="cpu")
+    sf = window_losses(model, f, batch_size=3, device="cpu")
+    pm, ok, drift_ok = paired_primary_metric(sp, sf, bp, bf, cfg, seq_len=32, drift_band=0.0)
+    assert pm["ratio_vs_baseline"] == 1.0
+    assert pm["ci"] == [1.0, 1.0]
+    assert pm["log_ci"] == [0.0, 0.0]
+    assert ok and drift_ok  # drift band 0: a noop is exactly drift-free
+    assert pm["degraded"] is False and pm["non_finite_windows"] == 0
+
+
+def test_ratio_is_exp_mean_paired_delta_and_gate_rules() -> None:
+    rng = np.random.default_rng(_fresh_seed())
+    base = rng.uniform(2.0, 4.0, size=40)
+    shift = rng.normal(0.08, 0.02, size=40)  # ~8 % worse: inside balanced's 1.10 as a point estimate
+    subj = base + shift
+    cfg = EngineConfig(bootstrap_replicates=500, gate_rule="point")
+    pm, ok, _ = paired_primary_metric(
+        list(subj), list(subj), list(base), list(base), cfg, seq_len=16, drift_band=0.05
+    )
+    assert pm["ratio_vs_baseline"] == pytest.approx(math.exp(float(np.mean(shift))), rel=1e-12)
+    assert pm["final"] / pm["baseline_final"] == pytest.approx(pm["ratio_vs_baseline"], rel=1e-12)
+    lo, hi = pm["log_ci"]
+    assert lo < float(np.mean(shift)) < hi
+    assert ok is (pm["ratio_vs_baseline"] <= 1.102)
+    strict = EngineConfig(bootstrap_replicates=500, gate_rule="upper", tier="conservative")
+    pm2, ok2, _ = paired_primary_metric(
+        list(subj), list(subj), list(base), list(base), strict, seq_len=16, drift_band=0.05
+    )
+    assert pm2["gate_rule"] == "upper"
+    assert ok2 is (math.exp(pm2["log_ci"][1]) <= 1.05)
+
+
+def test_nan_window_keeps_slot_and_degrades() -> None:
+    rng = np.random.default_rng(_fresh_seed())
+    base = list(rng.uniform(2, 3, size=10))
+    subj: list[float | None] = list(base)
+    bad = int(rng.integers(0, 10))
+    subj[bad] = None
+    pm, ok, drift_ok = paired_primary_metric(
+        base, subj, base, base, EngineConfig(bootstrap_replicates=100), seq_len=8, drift_band=1.0
+    )
+    assert pm["degraded"] is True and ok is False and drift_ok is False
+    assert pm["non_finite_windows"] == 1
+    assert pm["n_windows"] == 10
+    assert pm["ratio_vs_baseline"] == 1.0  # the other nine still pair id-for-id
+    assert "non_finite_windows:1" in str(pm["degraded_reason"])
+
+
+def test_nan_weight_gives_none_loss_in_its_slot() -> None:
+    model = tiny_llama()
+    ws = make_windows(4, 16, _fresh_seed())
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
+    losses = window_losses(model, ws, batch_size=4, device="cpu")
+    assert losses == [None] * 4
+
+
+def test_corrupted_window_is_caught_by_pairing() -> None:
+    ws = make_windows(5, 16, _fresh_seed())
+    ids = ws.input_ids.clone()
+    row = random.SystemRandom().randrange(5)
+    ids[row, 3] = (ids[row, 3] + 1) % 128
+    changed = WindowSet(ws.ids, tuple(token_hash(r.numpy().tobytes()) for r in ids), ids)
+    check_pairing(ws, ws.ids, ws.hashes, "final")
+    with pytest.raises(PairingError, match=f"final window {row} "):
+        check_pairing(changed, ws.ids, ws.hashes, "final")
+    reordered = WindowSet(ws.ids[::-1], ws.hashes[::-1], ws.input_ids.flip(0))
+    with pytest.raises(PairingError):
+        check_pairing(reordered, ws.ids, ws.hashes, "final")
+    with pytest.raises(PairingError):
+        check_pairing(WindowSet(ws.ids[:4], ws.hashes[:4], ws.input_ids[:4]), ws.ids, ws.hashes, "preview")
+
+
+def test_drift_compares_both_arms_against_baseline() -> None:
+    rng = np.random.default_rng(_fresh_seed())
+    bp, bf = rng.uniform(2, 3, size=12), rng.uniform(2, 3, size=12)
+    cfg = EngineConfig(bootstrap_replicates=100)
+    uniform: Any = paired_primary_metric(
+        list(bp + 0.3), list(bf + 0.3), list(bp), list(bf), cfg, seq_len=8, drift_band=0.01
+    )
+    assert uniform[2] is True  # uniform degradation is not drift (the gate catches it instead)
+    assert uniform[1] is False
+    skew: Any = paired_primary_metric(
+        list(bp + 0.05), list(bf), list(bp), list(bf), cfg, seq_len=8, drift_band=0.01
+    )
+    assert skew[2] is False
+    assert skew[0]["drift"]["log_gap"] == pytest.approx(0.05, abs=1e-12)
