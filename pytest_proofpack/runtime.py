@@ -243,7 +243,7 @@ class ModelRuntime:
 
     def _calibrate(self, runs: int) -> dict[str, Any]:
         from pytest_proofpack.benign import benign_edits
-        from pytest_proofpack.engine import calibrate
+        from pytest_proofpack.calibration import calibrate
 
         # Calibration windows use seeds disjoint from the evaluation seed, so no scenario is judged on the
         # very windows its thresholds were fitted on.
