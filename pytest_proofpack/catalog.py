@@ -28,7 +28,7 @@ from typing import Any, Final
 import yaml
 
 from pytest_proofpack.errors import CatalogError, ProofpackError
-from pytest_proofpack.models import AssetRef, ModelEntry
+from pytest_proofpack.models import AssetRef, ModelEntry, SourceKind
 
 SCENARIOS_SCHEMA: Final = "proof_pack_scenarios_v1"
 SUITES_SCHEMA: Final = "proofpack_suites_v1"
@@ -46,6 +46,7 @@ TUNED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 }
 EVAL_FIELDS: Final[dict[str, type]] = {
     "seq_len": int, "n_preview": int, "n_final": int, "batch_size": int, "bootstrap_replicates": int,
+    "calibration_runs": int,
 }
 MODEL_SLOTS: Final = tuple(f"MODEL_{i}" for i in range(1, 9))
 
@@ -84,15 +85,23 @@ def _choice(path: Path, where: str, value: object, accepted: Sequence[str]) -> s
 def _read(path: Path) -> Any:
     if not path.is_file():
         raise CatalogError(f"{path}: file not found; pass an existing file or drop the option to use the default")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path}: cannot read ({exc}); pass a readable UTF-8 file") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             return yaml.safe_load(text)
         return json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        line = getattr(exc, "lineno", None) or getattr(getattr(exc, "problem_mark", None), "line", "?")
-        raise CatalogError(f"{path.name}: line {line}: not valid {path.suffix.lstrip('.').upper()}: "
-                           f"{str(exc).splitlines()[0]}") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise CatalogError(f"{path.name}: {where}: not valid JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        # PyYAML marks are 0-based; editors count lines and columns from 1.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CatalogError(f"{path.name}: {where}: not valid YAML: {what}") from None
 
 
 def _schema(path: Path, doc: object, schema_key: str, expected: str, where: str = "$") -> Mapping[str, Any]:
@@ -282,7 +291,7 @@ class Catalog:
             return spec, None
         etype = spec.split(":", 1)[0]
         entry = self.tuned_entry(model, etype)
-        where = f"models.{model.key}.{etype}"
+        where = f"$.models.{model.key}.{etype}"
         if entry is None:
             raise CatalogError(
                 f"{self.paths['tuned'].name}: {where}: missing; scenario {sc.id!r} uses the clean sentinel, so "
@@ -373,15 +382,18 @@ def _check_generation(path: Path, where: str, gen: object, category: str) -> Non
             raise _err(path, f"{where}.kind", f"a {category} scenario needs kind 'edit'")
         if not isinstance(gen.get("error_type"), str):
             raise _err(path, f"{where}.error_type", "missing; name a registered fault such as nan_injection")
-        env = gen.get("env", {})
-        if not isinstance(env, Mapping):
-            raise _err(path, f"{where}.env", "must be an object of INVARLOCK_* string values")
-        for k, v in env.items():
-            if not (isinstance(k, str) and k.startswith("INVARLOCK_") and k.replace("_", "").isalnum()
-                    and k.upper() == k):
-                raise _err(path, f"{where}.env.{k}", "keys must be upper-case INVARLOCK_* names")
-            if not isinstance(v, str | int | float) or isinstance(v, bool):
-                raise _err(path, f"{where}.env.{k}", "values must be strings or numbers")
+        by_model = gen.get("env_by_model", {})
+        if not isinstance(by_model, Mapping):
+            raise _err(path, f"{where}.env_by_model", "must be an object of model key: {INVARLOCK_*: value}")
+        for label, env in [("env", gen.get("env", {}))] + [(f"env_by_model.{m}", e) for m, e in by_model.items()]:
+            if not isinstance(env, Mapping):
+                raise _err(path, f"{where}.{label}", "must be an object of INVARLOCK_* string values")
+            for k, v in env.items():
+                if not (isinstance(k, str) and k.startswith("INVARLOCK_") and k.replace("_", "").isalnum()
+                        and k.upper() == k):
+                    raise _err(path, f"{where}.{label}.{k}", "keys must be upper-case INVARLOCK_* names")
+                if not isinstance(v, str | int | float) or isinstance(v, bool):
+                    raise _err(path, f"{where}.{label}.{k}", "values must be strings or numbers")
 
 
 def _check_requirements(path: Path, where: str, req: Mapping[str, Any], strictness: str) -> None:
@@ -441,7 +453,8 @@ def _load_suites(path: Path, scenario_suites: set[str]) -> dict[str, Any]:
         pb = m.get("params_b")
         if not isinstance(pb, int | float) or isinstance(pb, bool) or pb <= 0:
             raise _err(path, f"{w}.params_b", f"{pb!r} must be a positive number (parameters in billions)")
-        source = _choice(path, f"{w}.source", m.get("source", "hub"), ("hub", "local", "gguf"))
+        source: SourceKind = _choice(  # type: ignore[assignment]
+            path, f"{w}.source", m.get("source", "hub"), ("hub", "local", "gguf"))
         if source == "local" and not m.get("path"):
             raise _err(path, f"{w}.path", "a local model needs path: <directory with config.json + safetensors>")
         if source == "gguf" and not (m.get("asset") or m.get("path")):
@@ -453,9 +466,13 @@ def _load_suites(path: Path, scenario_suites: set[str]) -> dict[str, Any]:
         extra = {k: v for k, v in m.items() if k not in known}
         if extra:
             raise _err(path, f"{w}.{next(iter(extra))}", f"unknown field; accepted: {', '.join(sorted(known))}")
+        # A relative model path means "next to the suites file", like a dataset's path (not the cwd).
+        mpath = str(m.get("path") or "")
+        if mpath and not Path(mpath).expanduser().is_absolute():
+            mpath = str(path.resolve().parent / mpath)
         models[str(key)] = ModelEntry(
             key=str(key), hub_id=m["hub_id"], params_b=float(pb), family=str(m.get("family", "")),
-            revision=str(m.get("revision") or ""), source=source, path=str(m.get("path", "")),
+            revision=str(m.get("revision") or ""), source=source, path=mpath,
             asset=str(m.get("asset", "")), gguf_file=str(m.get("gguf_file", "")),
             trust_remote_code=bool(m.get("trust_remote_code", False)), dtype=str(m.get("dtype", "")),
             license=str(m.get("license", "")), extra={"eval": dict(m.get("eval") or {})},
@@ -524,13 +541,18 @@ def _check_tuned_entry(path: Path, where: str, etype: str, entry: object) -> Non
         return
     for f in TUNED_FIELDS[etype]:
         if f not in entry:
-            raise _err(path, f"{where}.{f}", f"missing; a selected {etype} entry needs {', '.join(TUNED_FIELDS[etype])}")
-    values = [str(entry[f]) for f in TUNED_FIELDS[etype]]
-    spec = ":".join([etype, *values, str(entry.get("scope", "ffn"))])
-    from pytest_proofpack.edits.spec import parse_edit_spec
+            need = ", ".join(TUNED_FIELDS[etype])
+            raise _err(path, f"{where}.{f}", f"missing; a selected {etype} entry needs {need}")
+    from pytest_proofpack.edits.spec import parse_edit_spec, parse_scope
 
+    scope = str(entry.get("scope", "ffn"))
     try:
-        parse_edit_spec(spec)
+        parse_scope(scope)
+    except ProofpackError as exc:
+        raise _err(path, f"{where}.scope", str(exc)) from None
+    values = [str(entry[f]) for f in TUNED_FIELDS[etype]]
+    try:
+        parse_edit_spec(":".join([etype, *values, scope]))
     except ProofpackError as exc:
         raise _err(path, where, f"gives an invalid edit: {exc}") from None
 

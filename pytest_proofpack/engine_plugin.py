@@ -21,7 +21,7 @@ OOM_RETRIES = 3
 
 @pytest.hookimpl(trylast=True)
 def pytest_proofpack_evaluate(case: Case, runtime: ModelRuntime, change: dict[str, Any] | None) -> Any:
-    from pytest_proofpack.engine import evaluate
+    import pytest_proofpack.engine.evaluate as engine_evaluate  # looked up at call time (tests patch it)
     from pytest_proofpack.execute import probes_for
     from pytest_proofpack.oom import is_oom, release_memory
 
@@ -33,8 +33,8 @@ def pytest_proofpack_evaluate(case: Case, runtime: ModelRuntime, change: dict[st
     attempt = 0
     while True:
         try:
-            return evaluate(runtime.model, runtime.baseline(case.run), preview, final, runtime.preset, cfg,
-                            context=context)
+            return engine_evaluate.evaluate(runtime.model, runtime.baseline(case.run), preview, final,
+                                            runtime.preset, cfg, context=context)
         except Exception as exc:
             if not is_oom(exc) or attempt >= OOM_RETRIES or cfg.batch_size == 1:
                 raise

@@ -46,7 +46,9 @@ def apply_change(case: Case, runtime: ModelRuntime) -> Any:
         return apply_edit(runtime.model, parse_edit_spec(case.edit_spec), seed=seed)
     from pytest_proofpack.faults import apply_fault
 
-    env = {str(k): str(v) for k, v in (case.scenario.generation.get("env") or {}).items()}
+    gen = case.scenario.generation
+    merged = {**(gen.get("env") or {}), **((gen.get("env_by_model") or {}).get(case.model.key) or {})}
+    env = {str(k): str(v) for k, v in merged.items()}
     return apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed)
 
 
@@ -60,13 +62,34 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
         if runtime.ctx.options.save_models:
             save_edited(runtime, case)
         result = config.hook.pytest_proofpack_evaluate(case=case, runtime=runtime, change=metadata)
+        repeats = [config.hook.pytest_proofpack_evaluate(case=case, runtime=runtime, change=metadata)
+                   for _ in range(runtime.ctx.options.repeats if is_repeat_case(case, runtime) else 0)]
     finally:
         change.restore()
     if result is None:
         raise EngineUnavailableError(
             "no evaluation engine is available: no pytest_proofpack_evaluate implementation returned a result; "
             "install pytest-proofpack with its engine or implement the hook in a conftest.py")
-    return normalise(result, case)
+    out = normalise(result, case)
+    if repeats:
+        out.report["determinism_repeats"] = repeat_spread(out.report, [normalise(r, case).report for r in repeats])
+    return out
+
+
+def is_repeat_case(case: Case, runtime: ModelRuntime) -> bool:
+    """``--proofpack-repeats`` re-evaluates run 1 of the suite's first must_pass scenario of each model."""
+    first = next((s.id for s in runtime.ctx.catalog.scenarios if s.strictness == "must_pass"
+                  and (not s.suites or runtime.ctx.suite.scenario_suite in s.suites)), None)
+    return case.run == 1 and case.scenario.id == first
+
+
+def repeat_spread(report: Mapping[str, Any], repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios of the first evaluation and its repeats, and their spread (max - min)."""
+    ratios = [r.get("primary_metric", {}).get("ratio_vs_baseline") for r in [dict(report), *repeats]]
+    finite = [float(x) for x in ratios if isinstance(x, int | float)]
+    return {"n": len(ratios), "ratios": ratios, "min": min(finite, default=None), "max": max(finite, default=None),
+            "spread": (max(finite) - min(finite)) if finite else None,
+            "identical": len(set(finite)) <= 1 and len(finite) == len(ratios)}
 
 
 def normalise(result: Any, case: Case) -> CaseResult:

@@ -33,6 +33,7 @@ def fetch(catalog: Catalog, cache: Path, *, suite: str | None, assets: Sequence[
     out: list[tuple[str, Path]] = []
     for name in names:
         if name not in catalog.assets:
-            raise CatalogError(f"proofpack fetch: unknown asset {name!r}; accepted: {', '.join(sorted(catalog.assets))}")
+            known = ", ".join(sorted(catalog.assets))
+            raise CatalogError(f"proofpack fetch: unknown asset {name!r}; accepted: {known}")
         out.append((name, fetch_asset(catalog.assets[name], cache)))
     return out

@@ -94,8 +94,8 @@ _SPECS: Final[tuple[_Spec, ...]] = (
     _Spec("cache", _path, None, "cache root (default $PROOFPACK_CACHE or ~/.cache/pytest_proofpack)", metavar="DIR"),
     _Spec("clean-runs", _positive_int("clean-runs"), 3, "runs per clean edit scenario", metavar="N"),
     _Spec("stress-runs", _positive_int("stress-runs"), 2, "runs per stress edit scenario", metavar="N"),
-    _Spec("calibration-runs", _positive_int("calibration-runs"), 5,
-          "null runs per model that calibrate the thresholds", metavar="N"),
+    _Spec("calibration-runs", _positive_int("calibration-runs"), None,
+          "calibration runs per model (default: the suite's eval.calibration_runs, else 5)", metavar="N"),
     _Spec("tier", _choice("tier", TIERS), "balanced", "threshold tier: ratio limit 1.10 (balanced), 1.05 "
           "(conservative), 1.20 (aggressive)", metavar="TIER"),
     _Spec("gate-rule", _choice("gate-rule", GATE_RULES), "point",
@@ -143,7 +143,7 @@ class Options:
     cache: Path | None
     clean_runs: int
     stress_runs: int
-    calibration_runs: int
+    calibration_runs: int | None
     tier: str
     gate_rule: str
     presets: Path | None
@@ -195,8 +195,17 @@ def read_options(config: pytest.Config) -> Options:
         if spec.flag:
             values[dest[10:]] = bool(cli) or bool(config.getini(dest))
             continue
-        raw = cli if cli is not None else (config.getini(dest) or None)
-        values[dest[10:]] = spec.parse(str(raw)) if raw is not None else spec.default
+        if cli is not None:
+            values[dest[10:]] = spec.parse(str(cli))
+            continue
+        raw = config.getini(dest) or None
+        try:
+            values[dest[10:]] = spec.parse(str(raw)) if raw is not None else spec.default
+        except OptionError as exc:
+            # The value came from the ini file: name the file and the ini key, not the command-line option.
+            source = Path(str(config.inipath)).name if config.inipath else "the ini file"
+            detail = str(exc).split(": ", 1)[-1]
+            raise OptionError(f"{source}: {dest} (ini twin of --proofpack-{spec.name}): {detail}") from None
     names = {f.name for f in fields(Options)}
     assert names == set(values), names ^ set(values)
     return Options(**values)

@@ -63,6 +63,12 @@ class RunContext:
         merged.update(entry.extra.get("eval", {}))
         return merged
 
+    def calibration_runs(self) -> int:
+        """``--proofpack-calibration-runs``, else the suite's ``eval.calibration_runs``, else 5."""
+        if self.options.calibration_runs is not None:
+            return self.options.calibration_runs
+        return int(self.suite.eval.get("calibration_runs", 5))
+
     def device(self) -> str:
         if self.options.device != "auto":
             return self.options.device
@@ -116,6 +122,9 @@ class ModelRuntime:
         self._baselines: dict[int, Any] = {}
         self._preset: dict[str, Any] | None = None
         self.engine = ctx.engine_config(entry)
+        from pytest_proofpack.determinism import apply_determinism
+
+        apply_determinism(ctx.options.determinism)
         self.settings = ctx.eval_settings(entry)
 
     # ----------------------------------------------------------------------------------- model and data
@@ -221,19 +230,21 @@ class ModelRuntime:
 
     def _load_or_calibrate(self) -> dict[str, Any]:
         supplied = self.ctx.options.presets
+        preset: dict[str, Any]
         if supplied is not None:
             path = supplied / f"calibrated_preset_{self.entry.key}.json"
             if not path.is_file():
                 raise OptionError(f"--proofpack-presets: {path} not found; write it with "
                                   "--proofpack-calibrate-only or drop the option to calibrate")
             try:
-                preset = json.loads(path.read_text(encoding="utf-8"))
+                loaded = json.loads(path.read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise OptionError(f"--proofpack-presets: {path} is not valid JSON: {exc}") from None
-            if not isinstance(preset, dict) or preset.get("schema") != "proofpack_preset_v1":
+            if not isinstance(loaded, dict) or loaded.get("schema") != "proofpack_preset_v1":
                 raise OptionError(f"--proofpack-presets: {path}: schema must be proofpack_preset_v1")
+            preset = loaded
         else:
-            runs = self.ctx.options.calibration_runs
+            runs = self.ctx.calibration_runs()
             digest = _digest("preset", self.baseline_digest(), runs)
             t0 = time.perf_counter()
             preset = self._cached("presets", digest, lambda: self._calibrate(runs))
@@ -248,10 +259,10 @@ class ModelRuntime:
         # Calibration windows use seeds disjoint from the evaluation seed, so no scenario is judged on the
         # very windows its thresholds were fitted on.
         base_seed = self.ctx.options.seed + 1000
-        preset: dict[str, Any] = calibrate(
+        preset: dict[str, Any] = dict(calibrate(
             self.model, lambda i: self.make_windows(base_seed + i), self.baseline(), self.engine,
             runs=runs, benign=benign_edits(self.model),
-        )
+        ))
         preset.setdefault("model", {"key": self.entry.key, "hub_id": self.entry.hub_id})
         return preset
 
@@ -260,7 +271,8 @@ class ModelRuntime:
         with FileLock(str(path) + ".lock") if path.parent.is_dir() else _mkdir_lock(path):
             atomic_write_json(path, preset)
             atomic_write_text(path.with_suffix(".yaml"), yaml.safe_dump(preset, sort_keys=True))
-        for i, run in enumerate(preset.get("calibration_runs", []) or [], start=1):
+        records = (preset.get("calibration") or {}).get("records") or []
+        for i, run in enumerate(records, start=1):
             atomic_write_json(self.ctx.run_dir / "reports" / self.entry.key / "calibration" / f"run_{i}" /
                               "calibration.json", run)
 

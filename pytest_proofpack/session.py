@@ -8,9 +8,11 @@ the same items, run them, write their report directories and send the evidence b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +29,6 @@ from pytest_proofpack.options import Options, read_options
 from pytest_proofpack.results import (
     Record,
     ResultStore,
-    atomic_write_json,
     planned_keys,
     read_run_json,
     report_dir,
@@ -52,6 +53,25 @@ class ScenarioOutcome:
     ok: bool
     message: str
     report: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def scenario_timeout(seconds: float | None) -> Iterator[None]:
+    """``--proofpack-timeout``: raise TimeoutError in the worker's main thread after ``seconds``."""
+    if not seconds or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"scenario exceeded --proofpack-timeout {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def auto_num_workers(config: pytest.Config) -> int | None:
@@ -117,7 +137,9 @@ class ProofpackSession:
         config = {
             "suite": suite.name, "catalog_digest": catalog.digest(), "engine_version": ENGINE_VERSION,
             "models": sorted({c.model.key for c in self.cases}), "dataset": dataset, "tier": o.tier,
-            "gate_rule": o.gate_rule, "seed": o.seed, "calibration_runs": o.calibration_runs,
+            "gate_rule": o.gate_rule, "seed": o.seed,
+            "calibration_runs": o.calibration_runs if o.calibration_runs is not None
+            else suite.eval.get("calibration_runs", 5),
             "presets": str(o.presets) if o.presets else None, "dtype": o.dtype, "eval": dict(suite.eval),
         }
         import hashlib
@@ -134,6 +156,10 @@ class ProofpackSession:
         self.config.addinivalue_line("python_functions", TEST_NAME)
         if not self.is_worker:
             self._register_scheduler()
+            if not (o.skip_disk_check or self.config.option.collectonly):
+                from pytest_proofpack.preflight import check_disk
+
+                check_disk(self.cases, self.ctx.cache, run_dir, save_models=o.save_models)
 
     def _register_scheduler(self) -> None:
         """Controller only: the GPU-aware xdist scheduler and per-worker device pinning (no-ops without -n)."""
@@ -206,7 +232,8 @@ class ProofpackSession:
         case = proofpack_case
         t0 = time.perf_counter()
         try:
-            report = self._execute(request, case)
+            with scenario_timeout(self.options.timeout):
+                report = self._execute(request, case)
         except BaseException as exc:
             if isinstance(exc, pytest.skip.Exception | KeyboardInterrupt):
                 raise
@@ -270,7 +297,8 @@ class ProofpackSession:
         cid = parse_nodeid(report.nodeid)
         if cid is None:
             return
-        props = {k[len(_PROP):]: v for k, v in report.user_properties if isinstance(k, str) and k.startswith(_PROP)}
+        props = {k[len(_PROP):]: str(v) for k, v in report.user_properties
+                 if isinstance(k, str) and k.startswith(_PROP)}
         if report.when == "setup" and report.passed:
             return
         if report.when == "teardown" and (report.passed or report.skipped):
@@ -282,9 +310,15 @@ class ProofpackSession:
         else:
             outcome = "error"
         message = props.get("error_message")
+        if report.when == "call" and outcome == "failed" and "gates_passed" not in props:
+            message = message or (report.longreprtext.strip().splitlines() or ["error"])[-1][:500]
         if outcome == "error" and not message:
             message = str(report.longreprtext).strip().splitlines()[-1][:500] if report.longreprtext else "error"
-        error_class = props.get("error_class") or ("internal" if outcome == "error" else None)
+        if report.when == "call" and outcome == "failed" and "gates_passed" not in props:
+            outcome = "error"  # the test body died before a judgement: not a detector mistake
+        crashed = report.when not in ("setup", "call", "teardown")  # xdist's crash report ('???')
+        error_class = props.get("error_class") or (
+            ("crash" if crashed else "internal") if outcome == "error" else None)
         if report.when == "call" and outcome == "skipped":
             message = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else message
         if props.get("model_revision"):

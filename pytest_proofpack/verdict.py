@@ -75,6 +75,8 @@ _SUMMARY_KEYS: Final = {
     "guard_intervention_summary.json": "guard_intervention_summary",
     "scenario_signal_summary.json": "scenario_signal_summary",
     "detection_matrix.json": "detection_matrix",
+    "false_alarm_rate.json": "false_alarm_rate",
+    "determinism_repeats.json": "determinism_repeats",
 }
 
 
@@ -170,7 +172,54 @@ def _record(scenario: Mapping[str, Any], result: RunResult, report: Mapping[str,
         "path": path,
     }
     record.update(_probe_summary(report))
+    repeats = report.get("determinism_repeats")
+    if isinstance(repeats, Mapping):
+        record["determinism_repeats"] = dict(repeats)
     return record
+
+
+def clopper_pearson_upper(alarms: int, n: int, alpha: float = 0.05) -> float:
+    """Exact two-sided (1 - alpha) Clopper-Pearson upper bound of a binomial proportion (bisection on the CDF)."""
+    if n <= 0:
+        return 1.0
+    if alarms >= n:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(alarms + 1))
+
+    lo, hi = alarms / n, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if cdf(mid) > alpha / 2:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _false_alarm(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """False alarms on benign edits: must_pass clean-control runs whose report failed a gate."""
+    benign = [r for r in records if r.get("strictness") == "must_pass" and r.get("intent") == "clean_control"]
+    alarms = [f"{r['model']}:{r['name']}[run{r['run_num']}]" for r in benign if not r.get("passed")]
+    n = len(benign)
+    return {
+        "evaluations": n, "alarms": len(alarms), "rate": (len(alarms) / n) if n else None,
+        "upper_95_clopper_pearson": round(clopper_pearson_upper(len(alarms), n), 6) if n else None,
+        "alarmed_cases": alarms,
+        "definition": "must_pass clean_control evaluations (clean and benign edits) that failed any gate; each run "
+                      "uses its own window sample, distinct from the calibration samples",
+    }
+
+
+def _repeats(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """--proofpack-repeats: the spread of repeated evaluations of one scenario per model."""
+    out: dict[str, Any] = {}
+    for r in records:
+        rep = r.get("determinism_repeats")
+        if isinstance(rep, Mapping):
+            out[f"{r['model']}:{r['name']}[run{r['run_num']}]"] = dict(rep)
+    return out
 
 
 def _failure(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -584,6 +633,8 @@ def compute_verdict(
         "core_guard_order": list(CORE_GUARDS),
         **_summaries(catalog, records, missing),
         "detection_matrix": _matrix(catalog, plan, records, missing, failed),
+        "false_alarm_rate": _false_alarm(records),
+        "determinism_repeats": _repeats(records),
         "records": records,
         "missing": {"total": len(missing), "by_model": missing_by_model, "cases": missing},
         "failed_requirements": failed,
