@@ -438,9 +438,13 @@ def _load_suites(path: Path, scenario_suites: set[str]) -> dict[str, Any]:
     datasets = doc.get("datasets") or {}
     if not isinstance(datasets, Mapping):
         raise _err(path, "$.datasets", "must be an object of name: {provider: ...}")
+    from pytest_proofpack.data.providers import DatasetSpec
+
     for name, d in datasets.items():
         if not isinstance(d, Mapping) or not isinstance(d.get("provider"), str):
             raise _err(path, f"$.datasets.{name}", "must be an object with a provider")
+        # Unknown providers and fields fail now, not once per scenario after the model has loaded.
+        DatasetSpec.from_mapping(d, f"{path.name}: $.datasets.{name}")
         if d.get("asset") and d["asset"] not in assets:
             raise _err(path, f"$.datasets.{name}.asset", f"unknown asset {d['asset']!r}; accepted: {', '.join(assets)}")
     models: dict[str, ModelEntry] = {}

@@ -240,7 +240,7 @@ class ProofpackSession:
             cls, msg = describe_error(exc)
             node.user_properties += [(_PROP + "error_class", cls), (_PROP + "error_message", msg)]
             if isinstance(exc, ProofpackError):
-                pytest.fail(f"[{cls}] {msg}", pytrace=False)
+                raise pytest.fail.Exception(f"[{cls}] {msg}", pytrace=False) from None
             raise
         finally:
             node.user_properties.append((_PROP + "duration_s", f"{time.perf_counter() - t0:.3f}"))

@@ -28,7 +28,9 @@ from pytest_proofpack.cli import main as cli_main
 
 DATA = Path(__file__).resolve().parent / "bad_inputs"
 GOOD = {"scenarios": "good_scenarios.json", "suites": "good_suites.yaml", "tuned": "good_tuned.json"}
-ROLE_OPTION = {"scenarios": "--proofpack-scenarios", "suites": "--proofpack-suites", "tuned": "--proofpack-tuned-params"}
+ROLE_OPTION = {
+    "scenarios": "--proofpack-scenarios", "suites": "--proofpack-suites", "tuned": "--proofpack-tuned-params",
+}
 PYTESTER_ARTIFACTS = ("stdout", "stderr", "runpytest-")
 MODEL_SLOTS = tuple(f"MODEL_{i}" for i in range(1, 9))
 
@@ -135,6 +137,9 @@ USAGE_CASES = [
      "suites_bad_eval_value.yaml: $.suites.tiny.eval.seq_len: 0 must be a positive integer", True),
     ("suites-unknown-eval-field", {"suites": "suites_unknown_eval_field.yaml"}, (), {}, 4,
      "$.suites.tiny.eval.seqlen: unknown field; accepted: seq_len,", True),
+    ("suites-unknown-provider", {"suites": "suites_unknown_provider.yaml"}, (), {}, 4,
+     "suites_unknown_provider.yaml: $.datasets.text.provider: unknown provider 'local_txt'; "
+     "did you mean 'local_text'?", True),
     ("suites-bad-source", {"suites": "suites_bad_source.yaml"}, (), {}, 4,
      "$.models.tiny-a.source: 'locall' is not accepted (did you mean 'local'?)", True),
     # tuned_edit_params.json
@@ -174,16 +179,22 @@ USAGE_CASES = [
 ]
 
 
+def _write_catalog(pytester: pytest.Pytester, files: dict[str, str]) -> dict[str, str]:
+    """Copy the good catalog, ``files`` replacing some roles (role ``ini`` becomes pytest.ini); return a
+    snapshot of the directory taken after the copy."""
+    for role, name in {**GOOD, **files}.items():
+        shutil.copyfile(DATA / name, pytester.path / ("pytest.ini" if role == "ini" else name))
+    return _tree(pytester.path)
+
+
 def _run_pytest(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, files: dict[str, str],
                 args: tuple[str, ...], *, collect: bool, autoload: bool = False) -> pytest.RunResult:
-    """Copy the catalog (good files, ``files`` replacing some) into the pytester dir and run pytest on it.
+    """Run pytest in a subprocess on the catalog :func:`_write_catalog` wrote.
 
     Without ``autoload`` the subprocess loads only this plugin (``-p pytest_proofpack.plugin``): the same
     ``pytest_configure`` path at half the start-up cost of loading every installed plugin.
     """
     chosen = {**GOOD, **files}
-    for role, name in chosen.items():
-        shutil.copyfile(DATA / name, pytester.path / ("pytest.ini" if role == "ini" else name))
     argv = ["-p", "no:cacheprovider", "--proofpack-suite", "tiny", "--proofpack-out", "run",
             "--proofpack-cache", "cache", "--proofpack-device", "cpu"]
     argv += [arg for role, opt in ROLE_OPTION.items() for arg in (opt, chosen[role])]
@@ -213,11 +224,7 @@ def test_usage_error(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], args: tuple[str, ...],
     env: dict[str, str], expected_exit: int, expected: str, collect: bool,
 ) -> None:
-    for name in {**GOOD, **files}.values():
-        shutil.copyfile(DATA / name, pytester.path / name)
-    if "ini" in files:
-        shutil.copyfile(DATA / files["ini"], pytester.path / "pytest.ini")
-    before = _tree(pytester.path)
+    before = _write_catalog(pytester, files)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     result = _run_pytest(pytester, monkeypatch, files, args, collect=collect)
@@ -229,9 +236,7 @@ def test_usage_error_through_the_installed_entry_point(
 ) -> None:
     """The same one line when pytest finds the plugin by its entry point, with every other plugin loaded."""
     files = {"suites": "suites_unknown_model.yaml"}
-    for name in {**GOOD, **files}.values():
-        shutil.copyfile(DATA / name, pytester.path / name)
-    before = _tree(pytester.path)
+    before = _write_catalog(pytester, files)
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     result = _run_pytest(pytester, monkeypatch, files, ("-n", "2"), collect=False, autoload=True)
     _assert_usage_error(pytester, result, before, 4, "suites_unknown_model.yaml: $.suites.tiny.models[1]: "
@@ -240,6 +245,7 @@ def test_usage_error_through_the_installed_entry_point(
 
 def test_good_catalog_is_accepted(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """The control: the corpus's good files collect (so each bad file fails for its one defect only)."""
+    _write_catalog(pytester, {})
     result = _run_pytest(pytester, monkeypatch, {}, (), collect=True)
     assert result.ret == 0, result.stderr.str()
     # 2 models x (q_clean x 3 clean runs + prune_stress x 2 stress runs + nan_fault x 1)
