@@ -1,9 +1,9 @@
 """Harmless edits that calibration applies to learn how much a benign change moves each statistic.
 
 Calibration run ``i`` applies ``BENIGN_SPECS[i % len(BENIGN_SPECS)]``: edits well inside every quality budget
-(8-bit RTN per row or per 128-group, 1 % magnitude pruning of the FFN), each a real change of most weights in
-scope. They teach the thresholds the natural spread of benign edits instead of the zero spread of a deterministic
-null run.
+but of the strength of real clean edits (6-bit RTN with groups of 32, an FP8 e4m3 cast of the FFN, 5 % magnitude
+pruning of the FFN; each moves perplexity by 0.4–2.5 % on SmolLM2), so the thresholds learn the spread of edits a
+user would call harmless, instead of the zero spread of a deterministic null run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-BENIGN_SPECS: Final = ("quant_rtn:8:128:all", "quant_rtn:8:0:all", "magnitude_prune:0.01:ffn")
+BENIGN_SPECS: Final = ("quant_rtn:6:32:all", "fp8_quant:e4m3:ffn", "magnitude_prune:0.05:ffn")
 
 
 def benign_edit(model: Any, run: int) -> AbstractContextManager[Any]:

@@ -33,10 +33,13 @@ from pytest_proofpack.errors import ProofpackError
 
 PRESET_SCHEMA: Final = "proofpack_preset_v1"
 MARGIN: Final = 1.5
+# Floors: a threshold is never tighter than this, whatever calibration observed. The drift floor reflects that the
+# preview arm has few windows (its ratio is noisy); the RMT floor that a family's mean activation-edge shift under
+# any in-budget edit is a few percent.
 FLOORS: Final[dict[str, float]] = {
-    "drift_band": 0.02,
+    "drift_band": 0.05,
     "spectral": 0.05,
-    "rmt": 0.02,
+    "rmt": 0.05,
     "ve_deadband": 0.02,
     "ve_min_effect": 0.0,
 }
