@@ -213,10 +213,19 @@ def _run_pytest(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tu
         rc = proc.wait()
     wall = time.perf_counter() - t0
     sampler.stop()
-    if rc not in (0, 1):  # 1: a test or the verdict failed (a partial selection fails the verdict)
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
-        raise SystemExit(f"pytest exited {rc}; see {log}:\n{tail}")
     return rc, wall, sampler
+
+
+def _check_exit(rc: int, log: Path, complete: bool) -> str | None:
+    """0/1 are fine (1: a test or the verdict failed; a partial selection fails the verdict). Another status
+    (e.g. an INTERNALERROR after the last test) is a note when every record was written, else fatal."""
+    if rc in (0, 1):
+        return None
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not complete:
+        raise SystemExit(f"pytest exited {rc}; see {log}:\n" + "\n".join(lines[-30:]))
+    last_error = next((ln for ln in reversed(lines) if ln.startswith("INTERNALERROR> ") and "Error" in ln), "")
+    return f"pytest exited {rc} after writing every record ({last_error.removeprefix('INTERNALERROR> ')}); see {log}"
 
 
 def warm_up(all_cases: list[Selected], selected: list[Selected], work: Path, cache: Path) -> float:
@@ -228,8 +237,25 @@ def warm_up(all_cases: list[Selected], selected: list[Selected], work: Path, cac
     deselect = [c.nodeid for c in all_cases if c.nodeid not in wanted]
     cmd = plugin_command(work / "warm_run", cache, None, deselect)
     env = _thread_env(os.cpu_count() or 1)
-    _, wall, _ = _run_pytest(cmd, work, env, work / "warm_up.log")
+    rc, wall, _ = _run_pytest(cmd, work, env, work / "warm_up.log")
+    outcomes = _records(work / "warm_run", wanted)  # an erroring scenario would make the timed run meaningless
+    _check_exit(rc, work / "warm_up.log", sum(outcomes.values()) == len(wanted))
     return wall
+
+
+def _records(out: Path, wanted: set[str]) -> dict[str, int]:
+    """Outcome counts of the records of ``wanted`` node ids; SystemExit naming the first error record."""
+    outcomes: dict[str, int] = {}
+    for path in sorted((out / "records").glob("*/*/run_*.json")):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        nodeid = f"proofpack::test_scenario[{rec['model']}:{rec['scenario']}:run{rec['run']}]"
+        if nodeid not in wanted:
+            continue
+        if rec["outcome"] == "error":
+            raise SystemExit(f"{nodeid} errored in {out} ({rec.get('error_class')}: {rec.get('error_message')}); "
+                             "an infrastructure error makes the timing meaningless, fix it first")
+        outcomes[rec["outcome"]] = outcomes.get(rec["outcome"], 0) + 1
+    return outcomes
 
 
 def run_plugin(all_cases: list[Selected], selected: list[Selected], work: Path, cache: Path, workers: int,
@@ -238,11 +264,7 @@ def run_plugin(all_cases: list[Selected], selected: list[Selected], work: Path, 
     wanted = {c.nodeid for c in selected}
     cmd = plugin_command(out, cache, workers, [c.nodeid for c in all_cases if c.nodeid not in wanted])
     rc, wall, sampler = _run_pytest(cmd, work, _thread_env(threads), work / "plugin.log")
-    outcomes: dict[str, int] = {}
-    for path in sorted((out / "records").glob("*/*/run_*.json")):
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        if f"proofpack::test_scenario[{rec['model']}:{rec['scenario']}:run{rec['run']}]" in wanted:
-            outcomes[rec["outcome"]] = outcomes.get(rec["outcome"], 0) + 1
+    outcomes = _records(out, wanted)
     runs = sum(n for o, n in outcomes.items() if o != "skipped")
     peaks: dict[str, int] = {}
     workers_seen = 0
@@ -252,7 +274,8 @@ def run_plugin(all_cases: list[Selected], selected: list[Selected], work: Path, 
         elif "python" in sampler.cmdlines.get(pid, "").lower():
             peaks[f"worker{workers_seen}"] = peak
             workers_seen += 1
-    notes = [f"pytest exit status {rc} (1 is expected: a partial selection fails the verdict)"] if rc else []
+    note = _check_exit(rc, work / "plugin.log", runs == len(selected))
+    notes = [note] if note else []
     if runs != len(selected):
         notes.append(f"{len(selected)} scenario runs selected but {runs} records found in {out / 'records'}")
     return FlowResult("plugin", wall, runs, outcomes, peaks, notes)

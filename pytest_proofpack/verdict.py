@@ -68,6 +68,8 @@ RESULT_FILES: Final = (
     "guard_intervention_summary.json",
     "scenario_signal_summary.json",
     "detection_matrix.json",
+    "false_alarm_rate.json",
+    "determinism_repeats.json",
 )
 _SUMMARY_KEYS: Final = {
     "category_summary.json": "category_summary",

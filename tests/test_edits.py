@@ -104,7 +104,8 @@ def _shared(arch: str, factory: Any) -> Any:
     return _MODELS[arch]
 
 
-@pytest.mark.parametrize(("arch", "factory", "scope", "expected"), SCOPE_CASES, ids=lambda v: str(v)[:20])
+@pytest.mark.parametrize(("arch", "factory", "scope", "expected"), SCOPE_CASES,
+                         ids=[f"{c[0]}-{c[2]}" for c in SCOPE_CASES])
 def test_edit_touches_exactly_its_scope_and_restores(
     arch: str, factory: Any, scope: str, expected: set[str]
 ) -> None:

@@ -374,3 +374,29 @@ def test_end_to_end_n_auto(pytester: pytest.Pytester, monkeypatch: pytest.Monkey
     assert [r[3] for r in sorted(by_worker["gw0"], key=lambda r: float(r[0]))] == [
         f"m-small:s{j}:run1" for j in range(3)
     ]
+
+
+def test_replacement_node_after_the_others_finished_gets_the_requeued_work() -> None:
+    """xdist removes finished nodes; a worker crashing last is replaced by a node that must still be fed."""
+    col = [nid("tiny", f"s{j}") for j in range(4)] + [nid("small", f"s{j}") for j in range(6)]
+    sched, nodes = make(col, 2, CpuInventory())
+    first, second = nodes
+    # the first node drains everything it is given and is removed, as xdist does once it has finished
+    for _ in range(100):
+        if not first.queue:
+            break
+        sched.mark_test_complete(first, first.queue.pop(0))
+    if not first.shutdown_sent:
+        first.shutdown()
+    first.exited = True
+    sched.remove_node(first)
+    second.exited = True
+    crashed = sched.remove_node(second)
+    replacement = Node(_Gateway("gw2", _Spec({"PROOFPACK_WORKER_GPU": "0"})))
+    sched.add_node(replacement)
+    sched.add_node_collection(replacement, col)
+    assert sched.collection_is_completed
+    sched.schedule()
+    ran = run_all(sched, [replacement])
+    assert crashed is None or crashed not in {col[i] for _, i in ran}
+    assert replacement.exited

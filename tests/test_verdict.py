@@ -509,3 +509,14 @@ def test_write_results_and_matrix(tmp_path: Path) -> None:
     cells = row.split()
     assert cells[1:3] == ["P", f"{ratio_m1:.3f}"] and cells[3] == "F"
     assert not list(tmp_path.glob("results/.*.tmp"))
+
+
+def test_clopper_pearson_upper_bound_matches_closed_forms() -> None:
+    from pytest_proofpack.verdict import clopper_pearson_upper
+
+    for n in (5, 20, 21, 37):
+        assert abs(clopper_pearson_upper(0, n) - (1 - 0.025 ** (1 / n))) < 1e-9  # x = 0: closed form
+        assert clopper_pearson_upper(n, n) == 1.0
+    # x = 1, n = 20: P(X <= 1; p) = 0.025 at the bound (scipy.stats.beta.ppf(0.975, 2, 19) = 0.2487...)
+    p = clopper_pearson_upper(1, 20)
+    assert abs((1 - p) ** 20 + 20 * p * (1 - p) ** 19 - 0.025) < 1e-9

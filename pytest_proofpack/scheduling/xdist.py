@@ -179,8 +179,9 @@ class ProofpackScheduling:
 
     @property
     def collection_is_completed(self) -> bool:
-        """True once every initially expected node sent its collection."""
-        return len(self.node2collection) >= self.numnodes
+        """True once every initially expected node sent its collection. It stays true once scheduling started:
+        nodes that finished (or crashed) are removed, and a replacement node must then still be scheduled."""
+        return self.collection is not None or len(self.node2collection) >= self.numnodes
 
     @property
     def tests_finished(self) -> bool:
