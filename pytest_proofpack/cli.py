@@ -23,7 +23,8 @@ _Subparsers = Any  # argparse's _SubParsersAction is private; its type is not wo
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pytest_proofpack.pack import verify_pack
-    from pytest_proofpack.verdict import atomic_write_text, dump_json
+    from pytest_proofpack.results import atomic_write_text
+    from pytest_proofpack.verdict import dump_json
 
     pack = Path(args.pack)
     json_out = Path(args.json) if args.json else None

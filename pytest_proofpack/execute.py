@@ -110,7 +110,7 @@ def normalise(result: Any, case: Case) -> CaseResult:
 
 def write_evidence(directory: Path, result: CaseResult) -> list[Path]:
     """Write ``evaluation.report.json`` and the sidecars atomically into ``directory``."""
-    from pytest_proofpack.results import atomic_write_json
+    from pytest_proofpack.engine.report import atomic_write_json  # strict JSON: non-finite numbers become null
 
     written = []
     for name, data in result.sidecars.items():

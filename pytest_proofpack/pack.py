@@ -38,6 +38,7 @@ from typing import Any, Final, final
 from pytest_proofpack import __version__
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.html_report import render_index
+from pytest_proofpack.results import atomic_write_text
 from pytest_proofpack.signing import (
     SigningKey,
     fingerprint,
@@ -51,7 +52,6 @@ from pytest_proofpack.signing import (
     verify_envelope,
 )
 from pytest_proofpack.verdict import (
-    atomic_write_text,
     compute_verdict,
     dump_json,
     load_run,

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any, Final, final
 
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.expectations import CORE_GUARDS, GATING_STRICTNESS, judge, ve_signal
+from pytest_proofpack.results import atomic_write_text
 
 __all__ = [
     "RESULT_FILES",
@@ -768,19 +767,6 @@ def load_run_results(
 def dump_json(obj: Any) -> str:
     """The canonical JSON text of every file this package writes: sorted keys, indent 2, strict, newline."""
     return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def result_texts(verdict: Mapping[str, Any]) -> dict[str, str]:

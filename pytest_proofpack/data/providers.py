@@ -32,6 +32,7 @@ from filelock import FileLock
 from pytest_proofpack.assets import require_asset
 from pytest_proofpack.errors import CatalogError, MissingAssetError, ProofpackError
 from pytest_proofpack.models import AssetRef
+from pytest_proofpack.results import atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -240,18 +241,6 @@ def _read_documents(files: Sequence[Path], ctx: LoadContext) -> list[str]:
     return [str(t) for t in ds["text"]]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached_text_file(path: Path, make: Callable[[], str]) -> Path:
     """Write ``make()`` to ``path`` once (FileLock, atomic); later calls reuse the file."""
     if path.is_file():
@@ -259,7 +248,7 @@ def _cached_text_file(path: Path, make: Callable[[], str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.is_file():
-            _atomic_write_text(path, make())
+            atomic_write_text(path, make())
     return path
 
 

@@ -4,7 +4,8 @@ Exact SVD (``torch.linalg.svd``) when ``min(shape) <= 1024`` and the rank is not
 ``r + 10 <= min(shape) / 4`` or the matrix is larger, ``torch.svd_lowrank`` with ``q = min(r + 10, min(shape))``,
 ``niter = 4`` under a forked, seeded RNG (reproducible, and the caller's RNG stream is untouched). A small-rank
 truncation needs only the top of the spectrum, which the randomized method finds at a fraction of the cost of a
-full SVD (``lowrank_svd:32:all`` on SmolLM2: 210 full SVDs took minutes on one core). Matrices with ``min(shape) <= r`` are already of rank <= r: they are skipped (``skipped: True``).
+full SVD (``lowrank_svd:32:all`` on SmolLM2: 210 full SVDs took minutes on one core). Matrices with
+``min(shape) <= r`` are already of rank <= r: they are skipped (``skipped: True``).
 ``energy_retained = sum(S[:r]^2) / ||w||_F^2``.
 """
 
