@@ -245,7 +245,11 @@ class ModelRuntime:
             preset = loaded
         else:
             runs = self.ctx.calibration_runs()
-            digest = _digest("preset", self.baseline_digest(), runs)
+            from pytest_proofpack import benign, calibration
+
+            # Everything that shapes a preset keys its cache entry: a changed benign set or floor recalibrates.
+            digest = _digest("preset", self.baseline_digest(), runs, benign.BENIGN_SPECS, calibration.FLOORS,
+                             calibration.MARGIN, calibration.RUN_SEED_STRIDE)
             t0 = time.perf_counter()
             preset = self._cached("presets", digest, lambda: self._calibrate(runs))
             self.ctx.timings[f"calibration:{self.entry.key}"] = time.perf_counter() - t0
