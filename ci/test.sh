@@ -12,4 +12,4 @@ fi
 proofpack fetch --suite smoke
 ruff check pytest_proofpack tests bench
 mypy --strict pytest_proofpack
-python -m pytest tests -q "$@"
+python -m pytest tests -q -n 2 "$@"
