@@ -327,6 +327,9 @@ def naive_prepare(cache: str, runs: list[int]) -> dict[str, Any]:
 
 def _naive_init(threads: int, cache: str, prepared: dict[str, Any], tmp_root: str) -> None:
     _set_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # one bar per load/save buries the report
     from pytest_proofpack.catalog import load_catalog
 
     catalog = load_catalog()
@@ -434,6 +437,8 @@ def run_naive(selected: list[Selected], work: Path, cache: Path, workers: int, t
     init_args = (threads, str(cache), prepared, str(tmp_root))
     with ctx.Pool(workers, initializer=_naive_init, initargs=init_args) as pool:
         results = list(pool.imap_unordered(naive_case, selected, chunksize=1))
+        pool.close()
+        pool.join()
     wall = time.perf_counter() - t0
     sampler.stop()
     worker_pids = sorted({r["pid"] for r in results})
