@@ -298,12 +298,15 @@ def _set_threads(threads: int) -> None:
 
 def naive_prepare(cache: str, runs: list[int]) -> dict[str, Any]:
     """In a throwaway process: the converted model's token stream and each run's windows (plain arrays)."""
+    from transformers.utils import logging as hf_logging
+
     from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.data import DatasetSpec, load_text, tokenize_corpus
     from pytest_proofpack.data.windows import make_eval_windows
     from pytest_proofpack.models.sources import load_model
     from pytest_proofpack.runtime import RUN_WINDOW_STRIDE
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     catalog = load_catalog()
     suite = catalog.suite(SUITE)
     entry = catalog.models[suite.models[0]]
