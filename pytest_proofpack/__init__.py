@@ -7,6 +7,6 @@ console script and the hook specifications in :mod:`pytest_proofpack.hookspecs`.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-ENGINE_VERSION = "proofpack-engine-1"
+ENGINE_VERSION = "proofpack-engine-3"
 
 __all__ = ["ENGINE_VERSION", "__version__"]

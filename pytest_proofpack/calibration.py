@@ -8,14 +8,12 @@ What varies between runs is what really varies in use: every run draws a differe
   that applies the edit on entry and restores the model on exit (e.g. 8-bit RTN).
 
 Derived (each stored with ``n``, ``max``, ``q95``, ``floor``, ``margin`` of the values it came from):
-``primary_metric.drift_band`` (|log preview ratio - log final ratio|), ``spectral.family_thresholds``
-(per-family max |log sigma ratio|), ``rmt.epsilon_by_family`` (family shift), ``variance.deadband`` (max
-|alpha-1|)
-and ``variance.min_effect`` (largest CI lower bound of a VE gain). Rule: ``value = max(floor, margin * max)``.
-``achieved_null_false_alarm_rate`` re-applies the derived thresholds to the calibration evaluations
-(in-sample);
-``loo_false_alarm_rate`` does so leaving each evaluation out of the derivation (an honest out-of-sample
-figure).
+``primary_metric.drift_band`` (|log preview ratio - log final ratio|), ``spectral.family_thresholds`` (per-family
+max |log sigma ratio|), ``rmt.epsilon_by_family`` (family shift: the largest one-sided rise of a module's edge
+statistic), ``variance.deadband`` (max |alpha-1|) and ``variance.min_effect`` (largest CI lower bound of a VE
+gain). Rule: ``value = max(floor, margin * max)``. ``achieved_null_false_alarm_rate`` re-applies the derived
+thresholds to the calibration evaluations (in-sample); ``loo_false_alarm_rate`` does so leaving each evaluation
+out of the derivation (an honest out-of-sample figure).
 """
 
 from __future__ import annotations
@@ -27,19 +25,27 @@ from typing import Any, Final
 
 import numpy as np
 
-from pytest_proofpack.engine.config import HYSTERESIS_RATIO, EngineConfig
+from pytest_proofpack.engine.config import (
+    DEFAULT_RMT_EPSILON,
+    DEFAULT_RMT_EPSILON_BY_FAMILY,
+    HYSTERESIS_RATIO,
+    EngineConfig,
+)
 from pytest_proofpack.engine.evaluate import BaselineState, evaluate, prepare_baseline
 from pytest_proofpack.errors import ProofpackError
 
 PRESET_SCHEMA: Final = "proofpack_preset_v1"
 MARGIN: Final = 1.5
 # Floors: a threshold is never tighter than this, whatever calibration observed. The drift floor reflects that the
-# preview arm has few windows (its ratio is noisy); the RMT floor that a family's mean activation-edge shift under
-# any in-budget edit is a few percent.
+# preview arm has few windows (its ratio is noisy); the RMT floors are the engine's defaults per activation family
+# (engine/config.py: clean edits stronger than the benign ones move the residual writers' statistic by up to ~15 %
+# and the FFN intermediate's by ~3 %), so that a threshold is never learned from edits milder than those it must
+# let through.
 FLOORS: Final[dict[str, float]] = {
     "drift_band": 0.05,
     "spectral": 0.05,
-    "rmt": 0.05,
+    "rmt": DEFAULT_RMT_EPSILON,
+    **{f"rmt_{f}": v for f, v in DEFAULT_RMT_EPSILON_BY_FAMILY.items()},
     "ve_deadband": 0.02,
     "ve_min_effect": 0.0,
 }
@@ -104,7 +110,8 @@ def derive(records: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "rmt": {
             "epsilon_by_family": {
-                f: _stat([r["rmt_shift"].get(f) for r in records], FLOORS["rmt"]) for f in fams_rmt
+                f: _stat([r["rmt_shift"].get(f) for r in records], FLOORS.get(f"rmt_{f}", FLOORS["rmt"]))
+                for f in fams_rmt
             }
         },
         "variance": {

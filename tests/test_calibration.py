@@ -79,6 +79,9 @@ def test_benign_runs_set_thresholds_and_restore_the_model() -> None:
     assert ffn["value"] == max(FLOORS["spectral"], MARGIN * observed)
     eps = preset["rmt"]["epsilon_by_family"]["ffn"]
     assert eps["value"] == max(FLOORS["rmt"], MARGIN * max(r["rmt_shift"]["ffn"] for r in recs))
+    act = preset["rmt"]["epsilon_by_family"]["ffn_act"]  # the FFN intermediate has its own, tighter floor
+    assert act["floor"] == FLOORS["rmt_ffn_act"] < FLOORS["rmt"]
+    assert act["value"] == max(FLOORS["rmt_ffn_act"], MARGIN * max(r["rmt_shift"]["ffn_act"] for r in recs))
     assert 0.0 <= preset["calibration"]["loo_false_alarm_rate"] <= 1.0
     assert preset["calibration"]["achieved_null_false_alarm_rate"] == 0.0
 

@@ -19,7 +19,7 @@ from pytest_proofpack.data.windows import WindowSet
 from pytest_proofpack.engine.config import EngineConfig
 from pytest_proofpack.engine.evaluate import BaselineMismatchError, BaselineState, evaluate, prepare_baseline
 from pytest_proofpack.engine.guards import invariants as inv
-from pytest_proofpack.engine.guards import spectral, variance
+from pytest_proofpack.engine.guards import rmt, spectral, variance
 from pytest_proofpack.engine.report import REPORT_FILE, check_report, write_report
 from pytest_proofpack.models.adapters import matrix, weight_refs
 
@@ -165,8 +165,52 @@ def test_anisotropic_row_blend_trips_rmt() -> None:
     rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
     assert rep["validation"]["rmt_stable"] is False
     assert rep["rmt_probe"]["stable"] is False
-    assert any(v["family"] == "ffn" for v in rep["rmt_probe"]["violations"])
+    assert {v["family"] for v in rep["rmt_probe"]["violations"]} & {"ffn", "ffn_act"}
     assert rep["validation"]["invariants_pass"] is True
+
+
+def _edge_stats(values: dict[str, float], family: str = "ffn") -> dict[str, dict[str, Any]]:
+    return {m: {"family": family, "role": "ffn_down", "r": r, "mean_square": 1.0} for m, r in values.items()}
+
+
+def test_rmt_rule_is_one_sided_per_module_maximum() -> None:
+    rng = random.SystemRandom()
+    n = rng.randrange(8, 40)
+    base = {f"layers.{i}.mlp.down_proj": rng.uniform(1.5, 20.0) for i in range(n)}
+    preset = {"rmt": {"epsilon_by_family": {"ffn": {"value": 0.1}}}}
+    # noise-like change: every module's edge statistic falls, one by half -> stable, the fall is reported
+    fallen = {m: r * rng.uniform(0.9, 1.0) for m, r in base.items()}
+    victim = rng.choice(sorted(base))
+    fallen[victim] = base[victim] * 0.5
+    sec = rmt.compare(_edge_stats(base), _edge_stats(fallen), preset)
+    assert sec["stable"] is True
+    assert sec["max_decrease_by_family"]["ffn"] == pytest.approx(np.log(2.0))
+    # one module rising 15 % (> epsilon 0.1 in log) while the family mean barely moves -> violation naming it
+    risen = dict(base)
+    risen[victim] = base[victim] * 1.15
+    sec = rmt.compare(_edge_stats(base), _edge_stats(risen), preset)
+    assert sec["stable"] is False
+    (v,) = sec["violations"]
+    assert (v["family"], v["module"], v["modules_over"]) == ("ffn", victim, 1)
+    assert v["shift"] == pytest.approx(np.log(1.15))
+    assert sec["mean_excess_by_family"]["ffn"] == pytest.approx(np.log(1.15) / n)
+    # a rise just under epsilon passes; a non-finite statistic always violates
+    risen[victim] = base[victim] * 1.09
+    assert rmt.compare(_edge_stats(base), _edge_stats(risen), preset)["stable"] is True
+    broken = dict(base)
+    broken[victim] = float("nan")
+    now = _edge_stats(broken)
+    now[victim]["r"] = None
+    assert rmt.compare(_edge_stats(base), now, preset)["violations"][0]["reason"] == "non_finite"
+
+
+@pytest.mark.parametrize(("factory", "inputs"), [(tiny_llama, 2), (tiny_gpt2, 2), (tiny_mixtral, 0)])
+def test_rmt_hooks_the_ffn_intermediate_of_plain_mlps(factory: Any, inputs: int) -> None:
+    targets = rmt.activation_targets(factory())
+    side = [t for t in targets if t.side == "input"]
+    assert len(side) == inputs
+    assert all(t.role == t.family == rmt.INPUT_ROLE and t.key.endswith(rmt.INPUT_SUFFIX) for t in side)
+    assert len({t.key for t in targets}) == len(targets)
 
 
 def test_mlp_down_scale_makes_ve_propose_without_touching_the_model() -> None:

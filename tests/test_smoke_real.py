@@ -1,10 +1,10 @@
 """The embedded default, end to end: the smoke suite on the real SmolLM2-135M and Shakespeare, on the CPU, with
 two xdist workers, as `ci/demo.sh` runs it (one run per edit scenario to fit CI's time).
 
-It asserts what the proof pack must show on a real model: every report comes from real forward passes, the
-catastrophic edits fail the primary metric with their detectors hit, every must_detect fault is detected, every
-planned case is covered, and the pack verifies in strict mode. The complete verdict (including the clean-edit
-and probe requirements) is recorded in the pack and printed; it is asserted by the requirement list below.
+It asserts what the proof pack must show on a real model: every report comes from real forward passes; the verdict
+is PASS (every clean and benign edit passes, the catastrophic edits fail the primary metric with their detectors
+hit, every must_detect fault is detected, the three probes signal through their primary guard); the detection matrix
+says which guard fired where; no benign evaluation raised a false alarm; and the pack verifies in strict mode.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MUST_HOLD = ("evidence_present", "scenario_coverage", "stress_required_fail", "stress_expected_detectors",
-             "error_injection_detected")
+MUST_DETECT = ("nan_injection", "inf_injection", "shape_mismatch", "missing_tensors", "extreme_quant",
+               "scale_explosion", "rank_collapse", "norm_collapse", "weight_tying_break")
+BENIGN = ("quant_4bit_clean", "fp8_e5m2_clean", "prune_12pct_clean", "svd_rank32_l31_clean",
+          "quant_8bit_benign", "prune_2pct_benign", "svd_rank256_benign")
 
 
 def _assets_present() -> bool:
@@ -76,14 +78,32 @@ def test_smoke_reports_come_from_real_forward_passes(smoke_run: tuple[Path, subp
 def test_smoke_verdict_and_detection_matrix(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     run, proc = smoke_run
     verdict = json.loads((run / "results" / "final_verdict.json").read_text())
-    failed = {r["requirement"] for r in verdict["failed_requirements"]}
-    assert not failed & set(MUST_HOLD), verdict["failed_requirements"]
-    assert proc.returncode == (0 if verdict["verdict"] == "PASS" else 1), proc.stdout[-3000:]
-    matrix = json.loads((run / "results" / "detection_matrix.json").read_text())
-    assert "smollm2-135m" in json.dumps(matrix)
-    far = verdict["false_alarm_rate"]
-    assert far["evaluations"] == 7 and 0 <= far["alarms"] <= 7
+    assert verdict["verdict"] == "PASS", json.dumps(verdict["failed_requirements"], indent=1)[:4000]
+    assert proc.returncode == 0, proc.stdout[-3000:]
     assert "verdict:" in proc.stdout
+    cells = json.loads((run / "results" / "detection_matrix.json").read_text())["cells"]["smollm2-135m"]
+    for sid in MUST_DETECT:
+        assert cells[sid]["guards"], (sid, cells[sid])
+    for sid in ("prune_50pct_stress", "svd_rank32_stress"):
+        assert "primary_metric" in cells[sid]["guards"], (sid, cells[sid])
+    # each probe is signalled by its own guard (the verdict's PASS already says nothing else failed)
+    assert "rmt" in cells["rmt_norm_noise"]["guards"], cells["rmt_norm_noise"]
+    assert cells["spectral_moderate_scale"]["caps"] >= 3, cells["spectral_moderate_scale"]
+    assert "primary_metric" not in cells["ve_mlp_scale_skew"]["guards"], cells["ve_mlp_scale_skew"]
+    for sid in BENIGN:
+        assert cells[sid]["guards"] == [] and cells[sid]["outcome"] == "pass", (sid, cells[sid])
+
+
+def test_smoke_benign_false_alarm_rate(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """Every benign evaluation here uses a window sample the calibration never saw (run 1's seed, 42)."""
+    run, _ = smoke_run
+    far = json.loads((run / "results" / "false_alarm_rate.json").read_text())
+    assert far["evaluations"] == len(BENIGN)
+    assert far["alarms"] == 0, far["alarmed_cases"]
+    assert 0.3 < far["upper_95_clopper_pearson"] < 0.4  # exact bound for 0 of 7
+    preset = json.loads((run / "metadata" / "presets" / "calibrated_preset_smollm2-135m.json").read_text())
+    calibration_seeds = {w["seed"] for w in preset["calibration"]["windows"]}
+    assert 42 not in calibration_seeds
 
 
 def test_smoke_pack_verifies_strict(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -98,9 +98,12 @@ def prepare_baseline(model: Any, preview: WindowSet, final: WindowSet, cfg: Engi
     targets = rmt.activation_targets(model)
     stats, chunks = rmt.capture(model, _guard_ids(preview, cfg), targets, chunk=VE_CHUNK, **kw)
     acts = {
-        t.module: {"family": t.family, "role": t.role, "layer": t.layer, **stats[t.module]}
+        t.key: {
+            "module": t.module, "side": t.side, "family": t.family, "role": t.role, "layer": t.layer,
+            **stats[t.key],
+        }
         for t in targets
-        if t.module in stats
+        if t.key in stats
     }
     t2 = time.perf_counter()
     return BaselineState(
@@ -176,7 +179,9 @@ def _run_guards(
     ids = _guard_ids(preview, cfg)
     kw: dict[str, Any] = {"batch_size": cfg.batch_size, "device": cfg.device}
     targets = [
-        rmt.Target(m, str(a["family"]), str(a["role"]), a.get("layer"))
+        rmt.Target(
+            str(a.get("module", m)), str(a["family"]), str(a["role"]), a.get("layer"), str(a.get("side", "output"))
+        )
         for m, a in baseline.activations.items()
     ]
     cap, cap_err = timed("rmt", lambda: rmt.capture(model, ids, targets, chunk=VE_CHUNK, **kw))
