@@ -40,6 +40,7 @@ from pytest_proofpack.results import (
 if TYPE_CHECKING:
     from pytest_proofpack.catalog import Case, Catalog
     from pytest_proofpack.runtime import ModelRuntime, RunContext
+    from pytest_proofpack.scheduling.launch import ReservedLauncher
 
 ANCHOR: Final = Path(__file__).with_name("scenario_anchor.py")
 ANCHOR_NODEID: Final = "proofpack"
@@ -102,6 +103,7 @@ class ProofpackSession:
         self.pack_path: Path | None = None
         self.notes: list[str] = []
         self._started = time.time()
+        self._launcher: ReservedLauncher | None = None  # the live reserved-model subprocess handle (issue 7)
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -257,18 +259,70 @@ class ProofpackSession:
             if stored is not None:
                 node.user_properties += [(_PROP + "report", rel), (_PROP + "reused", "true")]
                 return stored
+        reserved = self._reserved_execute(request, case)  # issue 7: a multi-GPU model runs in a subprocess
+        if reserved is not None:
+            return reserved
         runtime: ModelRuntime = request.getfixturevalue("proofpack_runtime")
         if self.options.calibrate_only:
-            preset = runtime.preset
-            pytest.skip(f"--proofpack-calibrate-only: preset written to {runtime.preset_path()} "
-                        f"({len(preset)} keys)")
+            pytest.skip(calibrate_only_message(runtime))
         from pytest_proofpack.execute import run_case, write_evidence
+        from pytest_proofpack.scheduling.launch import execution_evidence
 
         result = run_case(self.config, case, runtime)
+        result.report["execution"] = execution_evidence("worker")
         write_evidence(report_dir(self.ctx.run_dir, *case.key), result)
         node.user_properties += [(_PROP + "report", rel), (_PROP + "model_revision", runtime.loaded.revision),
                                  (_PROP + "model_source", runtime.loaded.source_desc)]
         return result.report
+
+    # ------------------------------------------------------------------------------------------ reservations
+    # Issue 7 (scheduling/launch.py): the leader of a multi-GPU reservation runs the model's items in a
+    # subprocess that sees the reserved devices; the model is never loaded in the worker itself.
+    @pytest.fixture(scope="session")
+    def proofpack_launcher(self, proofpack_model_key: str,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReservedLauncher]:
+        """The subprocess handle of a reserved model on its leader worker; ended when the worker moves on."""
+        from pytest_proofpack.scheduling.launch import ReservedLauncher
+        from pytest_proofpack.scheduling.xdist import RESERVATIONS_FILE
+
+        basetemp = tmp_path_factory.getbasetemp()
+        launcher = ReservedLauncher(self.config, proofpack_model_key, basetemp / f"launch-{proofpack_model_key}",
+                                    basetemp.parent / RESERVATIONS_FILE, os.environ.get("PYTEST_XDIST_WORKER", ""))
+        self._launcher = launcher
+        yield launcher
+        self._launcher = None
+        launcher.close()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """End the subprocess after the reserved model's last item here, *before* this item's completion reaches
+        the controller: that completion releases the helpers, whose next model must find their devices free (the
+        fixture's own teardown would only come with the next item's setup)."""
+        launcher = self._launcher
+        if launcher is None:
+            return
+        callspec = getattr(nextitem, "callspec", None)
+        if callspec is None or callspec.params.get("proofpack_model_key") != launcher.model:
+            launcher.close()
+
+    def _reserved_execute(self, request: pytest.FixtureRequest, case: Case) -> dict[str, Any] | None:
+        """The report of ``case`` run by the reservation's subprocess when this worker leads a multi-GPU
+        reservation of its model; None otherwise (the item runs in this process)."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        if not self.is_worker or not worker:
+            return None
+        from pytest_proofpack.scheduling.launch import leader_reservation
+
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        found = leader_reservation(factory.getbasetemp(), worker, case.model.key)
+        if found is None:
+            return None
+        launcher: ReservedLauncher = request.getfixturevalue("proofpack_launcher")
+        answer = launcher.run(case, found[1], calibrate_only=self.options.calibrate_only)
+        if answer.skip is not None:
+            pytest.skip(answer.skip)
+        request.node.user_properties += [(_PROP + k, v) for k, v in answer.properties]
+        return answer.report
 
     # ------------------------------------------------------------------------------------------ controller
     @pytest.hookimpl(trylast=True)
@@ -402,6 +456,12 @@ class ProofpackSession:
         tr.write_line(f"results: {self.ctx.run_dir / 'results' / 'final_verdict.json'}")
         if self.pack_path:
             tr.write_line(f"proof pack: {self.pack_path}  (check it: proofpack verify {self.pack_path} --strict)")
+
+
+def calibrate_only_message(runtime: ModelRuntime) -> str:
+    """``--proofpack-calibrate-only``: calibrate (or load) the model's preset; the reason its items skip."""
+    preset = runtime.preset
+    return f"--proofpack-calibrate-only: preset written to {runtime.preset_path()} ({len(preset)} keys)"
 
 
 def environment() -> dict[str, Any]:

@@ -179,6 +179,37 @@ def test_idle_worker_splits_the_largest_queue() -> None:
     assert sorted(i for _, i in ran) == list(range(len(col)))
 
 
+@pytest.mark.parametrize("n_nodes", [2, 3, 4])
+@pytest.mark.parametrize("inventory", ["cpu", "gpu"])
+def test_one_model_suite_uses_every_worker(n_nodes: int, inventory: str) -> None:
+    """Issue 9: a one-model suite (smoke: SmolLM2 only) left the second of two workers idle with 4 items.
+
+    After every event: no live worker is idle while the controller still holds an item it could take, and with
+    two workers, none is idle while two or more items have not started (running items excluded).
+    """
+    for n_items in [4, 26, *range(2, 31)]:
+        for seed in (None, 1, 2):
+            col = [nid("small", f"s{j}") for j in range(n_items)]
+            inv = CpuInventory() if inventory == "cpu" else FakeInventory.uniform(n_nodes, 80)
+            sched, nodes = make(col, n_nodes, inv)
+            rng = random.Random(seed) if seed is not None else None
+            ran: list[tuple[str, int]] = []
+            while True:
+                idle = [n.gateway.id for n in nodes if not n.queue and not n.exited]
+                queued = sum(len(g.queue) for g in sched.groups)
+                not_started = queued + sum(max(0, len(n.queue) - 1) for n in nodes)
+                state = f"{n_items} items, seed {seed}, after {len(ran)} done: {[n.queue for n in nodes]}"
+                if idle and len(idle) < n_nodes:
+                    assert queued == 0, f"{idle} idle while the controller holds {queued}: {state}"
+                    if n_nodes == 2:
+                        assert not_started < 2, f"{idle} idle while {not_started} items wait: {state}"
+                if not step(sched, nodes, rng, ran):
+                    break
+            assert sorted(i for _, i in ran) == list(range(n_items))
+            if n_items >= 2 * n_nodes:
+                assert {w for w, _ in ran} == {n.gateway.id for n in nodes}, state
+
+
 def test_memory_gating_waits_for_free_memory() -> None:
     col = [nid("small", f"s{j}") for j in range(6)] + [nid("mid", f"s{j}") for j in range(6)]
     inv = FakeInventory.uniform(2, 80)

@@ -305,7 +305,9 @@ def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False) -> P
     return out
 
 
-def _load_dir(directory: Path, entry: ModelEntry, dtype: str, device: str) -> tuple[Any, Any]:
+def _load_dir(
+    directory: Path, entry: ModelEntry, dtype: str, device: str, device_map: str | None = None
+) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -321,11 +323,13 @@ def _load_dir(directory: Path, entry: ModelEntry, dtype: str, device: str) -> tu
             use_safetensors=True,
             local_files_only=True,
             trust_remote_code=entry.trust_remote_code,
+            **({"device_map": device_map} if device_map else {}),
         )
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"model {entry.key!r}: cannot load {directory}: {first}") from exc
-    model.to(device)
+    if not device_map:  # a device map already placed the weights (spread over several devices)
+        model.to(device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -341,8 +345,12 @@ def load_model(
     device: str = "cpu",
     dtype: str | None = None,
     allow_net: bool = False,
+    device_map: str | None = None,
 ) -> LoadedModel:
     """Load ``entry`` on ``device`` in eval mode with gradients off.
+
+    ``device_map`` (e.g. ``"auto"``), when given, is passed to ``from_pretrained`` and places the weights instead
+    of ``device`` (a model spread over the devices of a multi-GPU reservation).
 
     ``hub``: ``entry.hub_id`` at ``entry.revision`` from the Hugging Face cache (downloads only with
     ``allow_net``). ``local``: the directory ``entry.path``. ``gguf``: the fetched asset ``entry.asset`` (or
@@ -379,7 +387,7 @@ def load_model(
         raise ProofpackError(
             f"models.{entry.key}.source: unknown source {entry.source!r}; accepted: hub, local, gguf"
         )
-    model, tokenizer = _load_dir(directory, entry, dtype_name, device)
+    model, tokenizer = _load_dir(directory, entry, dtype_name, device, device_map)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -1,5 +1,6 @@
-"""Scheduling scenarios onto devices: inventory (:mod:`.gpus`), memory plans (:mod:`.plan`) and the xdist
-scheduler with per-worker pinning (:mod:`.xdist`).
+"""Scheduling scenarios onto devices: inventory (:mod:`.gpus`), memory plans (:mod:`.plan`), the xdist
+scheduler with per-worker pinning (:mod:`.xdist`) and the subprocess that runs a multi-GPU model's items on its
+reserved devices (:mod:`.launch`).
 
 Importing this package is cheap: pynvml is imported only when an NVML inventory is built, and the xdist
 scheduler module only when its names are first used.

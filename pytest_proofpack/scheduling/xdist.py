@@ -21,8 +21,11 @@ Rules, in the order a worker that needs work applies them:
    exits and frees its device. The leader gets the model's items once every helper is free (at once if the
    leader would otherwise strand an item; the item side then waits for ``ready``). See :class:`Reservation`
    for how the item side learns the devices.
-4. Otherwise join the running model with the most queued items per worker (at least ``split_min_items``), so
-   no worker idles while work remains.
+4. Otherwise join the running model with the most queued items per worker, if it has at least
+   ``split_min_items`` (default 2) queued, or its single queued item is the last queued item of the run; so no
+   worker idles while two or more items remain. For this to be possible, a short queue (fewer than
+   ``target_pending`` items per live worker) is handed out 2 pending items per worker at most; the rest
+   stays in the controller for whichever worker idles first (see ``_chunk``).
 5. Nothing to do: shut down when nothing remains it could run; otherwise wait — but never with exactly one
    item pending (xdist runs a worker's last queued item only after another item or ``shutdown`` arrives).
 
@@ -71,8 +74,9 @@ class Reservation:
 
     Mechanism: the scheduler cannot change a live worker's environment, so it records reservations in
     ``ProofpackScheduling.reservations`` and writes them atomically to ``<controller basetemp>/``
-    :data:`RESERVATIONS_FILE` (a worker finds it at ``tmp_path_factory.getbasetemp().parent``). The session
-    code reads it with :func:`reservation_for` on the leader and launches the model's items in a subprocess.
+    :data:`RESERVATIONS_FILE` (a worker finds it at ``tmp_path_factory.getbasetemp().parent``). On the leader,
+    the session reads it with :func:`reservation_for` and runs the model's items through
+    :class:`~pytest_proofpack.scheduling.launch.ReservedLauncher`, in a subprocess that sees ``devices``.
     """
 
     model: str
@@ -139,7 +143,7 @@ class ProofpackScheduling:
         inventory: GpuInventory,
         numnodes: int | None = None,
         target_pending: int = 3,
-        split_min_items: int = 3,
+        split_min_items: int = 2,
         setup_items: float = 8.0,
         critical_frac: float = 0.8,
         model_configs: Mapping[str, Mapping[str, Any]] | None = None,
@@ -406,7 +410,7 @@ class ProofpackScheduling:
                 res = self.reservations.get(group.key)
                 if res is not None and not res.ready and not pending and not force:
                     return  # a fresh leader waits for its helpers with nothing pending
-                self._send(node, group, self._target(group) - len(pending))
+                self._send(node, group, self._chunk(node, group))
                 if group.queue or len(pending) >= 2:
                     return
                 continue  # its model ran out with < 2 items queued: pick the next one now
@@ -431,6 +435,24 @@ class ProofpackScheduling:
                 return
             self._assign(node, new, role)
 
+    def _chunk(self, node: Any, group: _Group) -> int:
+        """How many of ``group``'s queued items ``node`` is sent now (``_send`` raises it to 2 for an empty node).
+
+        Normally enough for ``target_pending`` queued. While the queue is short (fewer than ``target_pending``
+        items per live worker) and another worker could join, only up to 2 (the running item and the next one,
+        xdist's minimum): the rest stays in the controller, where whichever worker idles first takes it. Before
+        this cap the first worker of a model took ``target_pending`` items and left too few for anyone to join,
+        so a one-model suite of 4 items ran on one of two workers (issue 9).
+        """
+        pending = len(self.node2pending[node])
+        want = self._target(group) - pending
+        if self._k(group) > 1:
+            return want  # a reserved model runs on its leader only
+        live = sum(1 for n in self.nodes if not n.shutting_down and self._state[n].role != "helper")
+        if live > 1 and len(group.queue) < self.target_pending * live:
+            want = min(want, 2 - pending)
+        return want
+
     def _target(self, group: _Group) -> int:
         if group.plain:
             return max(self.target_pending, len(group.queue) // max(1, len(self.nodes) * 4))
@@ -454,13 +476,18 @@ class ProofpackScheduling:
                 continue
             if force or self._fits(node, g):
                 return g, "work"
+        # Rule 4: the queue itself, not the share per worker, decides whether joining is worth it: an idle worker
+        # that can take a chunk of 2 (or the run's last queued item, after which it is shut down so it runs)
+        # shortens the run; ranking by share sends it where the most work per worker waits.
+        queued = sum(len(g.queue) for g in self.groups)
         best: _Group | None = None
         best_share = 0.0
         for g in self.groups:
             if not g.queue or not g.workers or node in g.workers or self._k(g) > 1:
                 continue
+            enough = len(g.queue) >= self.split_min_items or queued == len(g.queue) == 1
             share = len(g.queue) / len(g.workers)
-            if share >= self.split_min_items and share > best_share and (force or self._fits(node, g)):
+            if enough and share > best_share and (force or self._fits(node, g)):
                 best, best_share = g, share
         return (best, "work") if best is not None else None
 
@@ -589,10 +616,10 @@ class ProofpackScheduling:
             "schema": "proofpack_reservations_v1",
             "reservations": {k: asdict(r) for k, r in self.reservations.items()},
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from pytest_proofpack.results import atomic_write_text
+
         try:
-            tmp.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True))
         except OSError as exc:  # the in-memory record stays authoritative
             self.log(f"could not write {path}: {exc}")
 
