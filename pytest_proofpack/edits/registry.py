@@ -34,7 +34,8 @@ class EditKind:
     """One registered edit: its name, positional parameter names, usage line, parser and matrix function.
 
     ``tuned_fields`` are the ``tuned_edit_params`` entry keys that map, in order, onto the positional
-    parameters.
+    parameters. ``thread_safe`` kinds (a pure function of the matrix, the parameters and ``seed``: no global
+    RNG, no shared state) may edit several CPU matrices at once on worker threads.
     """
 
     name: str
@@ -42,6 +43,7 @@ class EditKind:
     parse: ParamParser
     fn: EditFn
     tuned_fields: tuple[str, ...] = ()
+    thread_safe: bool = False
 
     @property
     def usage(self) -> str:
@@ -69,14 +71,16 @@ class EditRegistry:
         param_names: Sequence[str] = ("param",),
         tuned_fields: Sequence[str] | None = None,
         replace: bool = False,
+        thread_safe: bool = False,
     ) -> EditKind:
         """Add an edit kind. ``param_names`` are its positional spec parameters (they also name the
-        ``tuned_edit_params`` fields unless ``tuned_fields`` is given)."""
+        ``tuned_edit_params`` fields unless ``tuned_fields`` is given); see :class:`EditKind` for
+        ``thread_safe``."""
         if not name or ":" in name or "@" in name:
             raise SpecError(f"edit kind name {name!r} must be non-empty and contain no ':' or '@'")
         if name in self._kinds and not replace:
             raise SpecError(f"edit kind '{name}' is already registered; pass replace=True to override it")
-        kind = EditKind(name, tuple(param_names), parser, fn, tuple(tuned_fields or param_names))
+        kind = EditKind(name, tuple(param_names), parser, fn, tuple(tuned_fields or param_names), thread_safe)
         self._kinds[name] = kind
         return kind
 
@@ -178,10 +182,16 @@ def _lowrank(
 def _builtin_registry() -> EditRegistry:
     reg = EditRegistry()
     reg.register(
-        "quant_rtn", _parse_quant, _rtn, param_names=("bits", "group"), tuned_fields=("bits", "group_size")
+        "quant_rtn",
+        _parse_quant,
+        _rtn,
+        param_names=("bits", "group"),
+        tuned_fields=("bits", "group_size"),
+        thread_safe=True,
     )
-    reg.register("fp8_quant", _parse_fp8, _fp8, param_names=("fmt",), tuned_fields=("format",))
-    reg.register("magnitude_prune", _parse_prune, _prune, param_names=("sparsity",))
+    reg.register("fp8_quant", _parse_fp8, _fp8, param_names=("fmt",), tuned_fields=("format",), thread_safe=True)
+    reg.register("magnitude_prune", _parse_prune, _prune, param_names=("sparsity",), thread_safe=True)
+    # Not thread-safe: torch.svd_lowrank draws from the global RNG, seeded per matrix under fork_rng.
     reg.register("lowrank_svd", _parse_rank, _lowrank, param_names=("rank",))
     return reg
 
@@ -198,8 +208,9 @@ def register_edit(
     param_names: Sequence[str] = ("param",),
     tuned_fields: Sequence[str] | None = None,
     replace: bool = False,
+    thread_safe: bool = False,
 ) -> EditKind:
     """Register an edit kind in the default registry (used by the register-edits hook)."""
     return default_edit_registry.register(
-        name, parser, fn, param_names=param_names, tuned_fields=tuned_fields, replace=replace
+        name, parser, fn, param_names=param_names, tuned_fields=tuned_fields, replace=replace, thread_safe=thread_safe
     )
