@@ -44,11 +44,14 @@ reports the maximum per process: the pytest controller and each ``-n`` worker (i
 each naive pool worker. Each peak is also given as a multiple of the model's fp32 size (``params_b`` x 1e9 x
 4 bytes).
 
-    python bench/suite_throughput.py [--workers 2] [--scenarios K] [--cache DIR] [--quick] [--json OUT]
+    python bench/suite_throughput.py [--workers 2] [--scenarios K] [--cache DIR] [--quick] [--plugin-only]
+                                     [--json OUT]
 
 ``--quick`` runs 4 scenario runs spread evenly over the suite (smoke: a clean edit, a stress edit, a
 fault, a benign edit; the smoke suite's windows, n_final 16) to test the script end to end. The last line
-printed is ``throughput_ratio=<plugin scenarios per hour / naive scenarios per hour>``.
+printed is ``throughput_ratio=<plugin scenarios per hour / naive scenarios per hour>``. ``--plugin-only``
+skips the naive flow (a memory check: issue 9's peak-RSS goal); its last line is
+``peak_rss_x_fp32=<the largest worker peak / the model's fp32 size>``.
 """
 
 from __future__ import annotations
@@ -484,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="proofpack cache (default $PROOFPACK_CACHE or "
                     "~/.cache/pytest_proofpack); must hold the fetched smoke assets (`proofpack fetch`)")
     ap.add_argument("--quick", action="store_true", help="4 spread scenario runs (end-to-end check)")
+    ap.add_argument("--plugin-only", action="store_true", help="skip the naive flow (no ratio): the plugin's "
+                    "time and peak RSS per worker only; the last line is peak_rss_x_fp32=<worst worker>")
     ap.add_argument("--workdir", type=Path, default=None, help="keep run directories and logs here")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     a = ap.parse_args(argv)
@@ -509,6 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         plugin = run_plugin(all_cases, selected, work, cache, a.workers, threads)
         for line in describe(plugin, fp32_bytes):
             print(line, flush=True)
+        if a.plugin_only:
+            workers = [v for k, v in plugin.peaks.items() if k != "controller"]
+            worst = max(workers, default=0) / fp32_bytes
+            if a.json:
+                a.json.write_text(json.dumps({
+                    "workers": a.workers, "threads_per_worker": threads, "selected": [c.nodeid for c in selected],
+                    "warm_up_s": warm, "fp32_model_bytes": fp32_bytes, "peak_rss_x_fp32": worst,
+                    "flows": [{**asdict(plugin), "scenarios_per_hour": plugin.per_hour}],
+                }, indent=2) + "\n", encoding="utf-8")
+            print(f"peak_rss_x_fp32={worst:.3f}")
+            return 0
         naive = run_naive(selected, work, cache, a.workers, threads)
         for line in describe(naive, fp32_bytes):
             print(line, flush=True)

@@ -106,6 +106,35 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
     )
 
 
+#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
+_M_MMAP_THRESHOLD = -3
+#: Blocks of at least this many bytes get their own mmap, unmapped on free (see :func:`pin_malloc_mmap_threshold`).
+MALLOC_MMAP_THRESHOLD = 1 << 20
+
+
+def pin_malloc_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at :data:`MALLOC_MMAP_THRESHOLD` for this process; ``True`` if it applied.
+
+    glibc serves a block from its heap unless it exceeds the mmap threshold, and by default raises that threshold
+    (up to 32 MiB) each time a larger mmapped block is freed. After the first big tensor is freed, weight-matrix
+    backups and activations (1-30 MiB each) therefore come from the heap, and once freed they stay resident behind
+    fragmentation: a SmolLM2 worker held ~1 GB more than its live tensors after calibrating. A fixed threshold
+    (which also disables the adjustment) returns every such block to the OS when torch frees it. Not glibc (macOS,
+    musl): nothing to do, ``False``. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins (glibc reads it at start).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  # only glibc has it: musl's mallopt is a no-op stub
+    except (OSError, AttributeError):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD))
+
+
 def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -133,6 +162,7 @@ class ModelRuntime:
         if self._loaded is None:
             from pytest_proofpack.models.sources import load_model
 
+            pin_malloc_mmap_threshold()
             threads = os.environ.get("PROOFPACK_TORCH_THREADS")
             if threads and threads.isdigit():
                 import torch
@@ -142,9 +172,12 @@ class ModelRuntime:
             # The command line's --proofpack-dtype beats the suite entry's dtype.
             entry = dataclasses.replace(self.entry, dtype=self.ctx.options.dtype) if self.ctx.options.dtype \
                 else self.entry
+            from pytest_proofpack.scheduling.launch import device_map_for_process
+
             self._loaded = load_model(
                 entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
                 device=self.engine.device, dtype=self.ctx.options.dtype, allow_net=self.ctx.options.net,
+                device_map=device_map_for_process(self.engine.device),  # a multi-GPU reservation's subprocess
             )
             self.ctx.timings[f"load:{self.entry.key}"] = time.perf_counter() - t0
         return self._loaded
@@ -199,8 +232,11 @@ class ModelRuntime:
             return data
 
     def baseline_digest(self, run: int = 1) -> str:
+        from pytest_proofpack.engine.metric import NLL_IMPL
+
         preview, final = self.windows(run)
-        return _digest("baseline", ENGINE_VERSION, self.loaded.fingerprint, self.loaded.dtype,
+        # NLL_IMPL: a baseline's losses pair with a subject's to the bit only when one implementation made both.
+        return _digest("baseline", ENGINE_VERSION, NLL_IMPL, self.loaded.fingerprint, self.loaded.dtype,
                        preview.digest, final.digest, self.engine.digest())
 
     def baseline(self, run: int = 1) -> Any:
@@ -306,6 +342,9 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     """``(error_class, one-line message)`` decided from the exception's type, never from log text."""
     if isinstance(exc, ProofpackError):
         return exc.error_class, str(exc)
+    described = getattr(exc, "proofpack_described", None)  # re-raised from a scenario subprocess (launch.py)
+    if isinstance(described, tuple) and len(described) == 2:
+        return str(described[0]), str(described[1])
     name = type(exc).__name__
     try:
         import torch

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tinymodels import tiny_llama
+from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral
 
 from pytest_proofpack.data.windows import WindowSet, token_hash
+from pytest_proofpack.engine import metric
 from pytest_proofpack.engine.config import EngineConfig
 from pytest_proofpack.engine.metric import PairingError, check_pairing, paired_primary_metric, window_losses
 
@@ -134,3 +135,116 @@ def test_drift_compares_both_arms_against_baseline() -> None:
     )
     assert skew[2] is False
     assert skew[0]["drift"]["log_gap"] == pytest.approx(0.05, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- chunked token NLL
+
+
+def _plain_nll(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The previous implementation: full-vocabulary logits of the whole batch, then cross-entropy."""
+    out = model(input_ids=ids, use_cache=False)
+    logits = out.logits[:, :-1, :].float()
+    target = ids[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    return nll.view(target.shape)
+
+
+def _tiny_softcapped(cap: float | None) -> Any:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(_fresh_seed())
+    cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=8, vocab_size=128, final_logit_softcapping=cap)
+    return Gemma2ForCausalLM(cfg).eval()
+
+
+def _tiny_scaled_head() -> Any:
+    from transformers import CohereConfig, CohereForCausalLM
+
+    torch.manual_seed(_fresh_seed())
+    cfg = CohereConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=128, logit_scale=0.0625)
+    return CohereForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("factory", [tiny_gpt2, tiny_llama, tiny_mixtral], ids=["gpt2", "llama", "mixtral"])
+def test_chunked_nll_matches_full_logits(factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = factory(seed=_fresh_seed() % 1000)
+    seq_len = 37
+    per_chunk = random.SystemRandom().randrange(2, 12)  # several uneven chunks per row
+    monkeypatch.setattr(metric, "LOGITS_CHUNK_BYTES", per_chunk * 4 * 128)
+    ws = make_windows(5, seq_len, _fresh_seed())
+    with torch.inference_mode():
+        want = _plain_nll(model, ws.input_ids)
+    calls: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: calls.append(out.numel()))
+    with torch.inference_mode():
+        got = metric.token_nll(model, ws.input_ids)
+    handle.remove()
+    assert metric.plain_head(model, ws.input_ids) is True
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert torch.allclose(got, want, rtol=0, atol=1e-5)
+    assert (got.double().mean(1) - want.double().mean(1)).abs().max() <= 1e-6
+    # every head call saw at most one chunk's logits, never the batch's [b, L, V]
+    assert calls and max(calls) <= per_chunk * 128
+    windows = window_losses(model, ws, batch_size=2, device="cpu")
+    assert windows == pytest.approx(want.double().mean(1).tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: _tiny_softcapped(0.5), _tiny_scaled_head], ids=["softcap", "logit_scale"])
+def test_post_processed_head_falls_back_to_plain_forward(make: Any) -> None:
+    model = make()
+    ws = make_windows(3, 20, _fresh_seed())
+    with torch.inference_mode():
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+        unprocessed = torch.nn.functional.cross_entropy(
+            head(decoder(input_ids=ws.input_ids).last_hidden_state)[:, :-1].reshape(-1, 128).float(),
+            ws.input_ids[:, 1:].reshape(-1), reduction="none").view(3, 19)
+        want = _plain_nll(model, ws.input_ids)
+        got = metric.token_nll(model, ws.input_ids)
+    assert metric.plain_head(model, ws.input_ids) is False
+    assert torch.equal(got, want)
+    assert (unprocessed - want).abs().max() > 1e-3  # the head's post-processing matters: chunking would be wrong
+
+
+def test_structure_change_is_probed_again() -> None:
+    model = _tiny_softcapped(None)
+    ws = make_windows(2, 16, _fresh_seed())
+    assert metric.plain_head(model, ws.input_ids) is True
+    model.config.final_logit_softcapping = 0.5  # a config value the forward reads: the verdict must not be reused
+    assert metric.plain_head(model, ws.input_ids) is False
+    with torch.inference_mode():
+        assert torch.equal(metric.token_nll(model, ws.input_ids), _plain_nll(model, ws.input_ids))
+
+
+def test_probe_leaves_no_trace_in_forward_hooks() -> None:
+    model = tiny_llama(seed=_fresh_seed() % 1000)
+    ws = make_windows(3, 24, _fresh_seed())
+    seen: list[int] = []
+    layer = model.model.layers[0]
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(int(out[0].shape[1]) if isinstance(
+        out, tuple) else int(out.shape[1])))
+    pre = layer.register_forward_pre_hook(lambda _m, args: seen.append(-1))
+    with torch.inference_mode():
+        metric.token_nll(model, ws.input_ids)  # first call on this model: the probe runs
+    assert seen == [-1, 24]  # one pre-hook and one hook call, both for the real batch (24 tokens, not 8)
+    assert layer._forward_hooks and layer._forward_pre_hooks  # restored
+    handle.remove()
+    pre.remove()
+
+
+def test_nan_poisoned_subject_keeps_nan_losses_and_verdict() -> None:
+    model = tiny_llama(seed=_fresh_seed() % 1000)
+    ws = make_windows(3, 16, _fresh_seed())
+    fresh = tiny_llama(seed=_fresh_seed() % 1000)
+    with torch.no_grad():
+        fresh.model.embed_tokens.weight.fill_(float("nan"))  # poisoned before it was ever probed
+    with torch.inference_mode():
+        assert bool(metric.token_nll(fresh, ws.input_ids).isnan().all())
+        assert bool(_plain_nll(fresh, ws.input_ids).isnan().all())
+        metric.token_nll(model, ws.input_ids)
+    assert metric.plain_head(model, ws.input_ids) is True
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    assert metric.plain_head(model, ws.input_ids) is True  # an all-NaN probe proves nothing: the verdict stays
+    assert window_losses(model, ws, batch_size=2, device="cpu") == [None] * 3
