@@ -100,7 +100,8 @@ def test_smoke_benign_false_alarm_rate(smoke_run: tuple[Path, subprocess.Complet
     far = json.loads((run / "results" / "false_alarm_rate.json").read_text())
     assert far["evaluations"] == len(BENIGN)
     assert far["alarms"] == 0, far["alarmed_cases"]
-    assert 0.3 < far["upper_95_clopper_pearson"] < 0.4  # exact bound for 0 of 7
+    # two-sided 95 % Clopper-Pearson bound for 0 alarms in n: 1 - 0.025 ** (1 / n) (0.4096 for n = 7)
+    assert far["upper_95_clopper_pearson"] == pytest.approx(1 - 0.025 ** (1 / len(BENIGN)), abs=1e-5)
     preset = json.loads((run / "metadata" / "presets" / "calibrated_preset_smollm2-135m.json").read_text())
     calibration_seeds = {w["seed"] for w in preset["calibration"]["windows"]}
     assert 42 not in calibration_seeds
