@@ -791,6 +791,10 @@ def write_results(run_dir_or_pack_results_dir: Path, verdict: Mapping[str, Any])
 
 
 _MARKS: Final = {"pass": "P", "fail": "F", "missing": "M", "signal": "S", "quiet": "."}
+#: One letter per core guard in a matrix cell, in the guard chain's order.
+_GUARD_LETTERS: Final = (
+    ("invariants", "i"), ("spectral", "s"), ("rmt", "r"), ("variance", "v"), ("primary_metric", "m"),
+)
 
 
 def _cell_text(cell: Mapping[str, Any] | None) -> str:
@@ -798,7 +802,10 @@ def _cell_text(cell: Mapping[str, Any] | None) -> str:
         return ""
     mark = _MARKS.get(str(cell.get("outcome")), "?")
     ratio = cell.get("ratio")
-    key = f"{ratio:.3f}" if isinstance(ratio, float) else "-"
+    key = (f"{ratio:.3f}" if ratio < 1000 else f"{ratio:.3g}") if isinstance(ratio, float) else "-"
+    fired = set(cell.get("guards") or ())
+    letters = "".join(letter for guard, letter in _GUARD_LETTERS if guard in fired)
+    key += f" [{letters or '-'}]"
     if cell.get("caps"):
         key += f" c{cell['caps']}"
     return f"{mark} {key}"
@@ -806,8 +813,9 @@ def _cell_text(cell: Mapping[str, Any] | None) -> str:
 
 def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
     """The detection matrix as terminal lines: one row per scenario, one column per model. Each cell is a
-    mark (P as expected, F wrong, M missing, S informational signal, . quiet) and the worst ratio
-    (``c<N>``: spectral caps)."""
+    mark (P as expected, F wrong, M missing, S informational signal, . quiet), the worst ratio, the guards that
+    fired on any run (``[i s r v m]``: invariants, spectral, RMT, variance, primary metric; ``[-]`` none) and
+    ``c<N>``, the most spectral caps of a run."""
     matrix = verdict.get("detection_matrix") or {}
     models = [str(m) for m in matrix.get("models", [])]
     scenarios = [str(s["id"]) for s in matrix.get("scenarios", [])]
@@ -823,9 +831,8 @@ def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
         row = [s.ljust(first)]
         row += [_cell_text(cells.get(m, {}).get(s)).ljust(w) for m, w in zip(models, widths, strict=True)]
         lines.append("  ".join(row).rstrip())
-    lines.append(
-        "P as expected  F wrong  M missing  S signal  . quiet  (number: worst ratio, cN: spectral caps)"
-    )
+    lines.append("P as expected  F wrong  M missing  S signal  . quiet  (number: worst ratio, cN: spectral caps)")
+    lines.append("guards fired: i invariants  s spectral  r RMT  v variance  m primary metric  - none")
     return lines
 
 

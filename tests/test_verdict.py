@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -506,8 +507,12 @@ def test_write_results_and_matrix(tmp_path: Path) -> None:
     ratio_m1 = next(
         r["ratio"] for r in verdict["records"] if r["model"] == "m1" and r["name"] == "quant_4bit_clean"
     )
-    cells = row.split()
-    assert cells[1:3] == ["P", f"{ratio_m1:.3f}"] and cells[3] == "F"
+    cells = re.split(r"\s{2,}", row.strip())  # columns are two spaces apart, a cell's parts one
+    cell_m1 = verdict["detection_matrix"]["cells"]["m1"]["quant_4bit_clean"]
+    letters = "".join(c for g, c in (("invariants", "i"), ("spectral", "s"), ("rmt", "r"), ("variance", "v"),
+                                     ("primary_metric", "m")) if g in cell_m1["guards"])
+    assert cells[1].split()[:3] == ["P", f"{ratio_m1:.3f}", f"[{letters or '-'}]"]
+    assert cells[2].split()[0] == "F"
     assert not list(tmp_path.glob("results/.*.tmp"))
 
 
