@@ -2,7 +2,8 @@
 
 Usage (CPU, 2 cores)::
 
-    python bench/edit_effects.py --model /tmp/smol/hf --tokens /tmp/smol/shakespeare_tokens.npy   # ~15 min
+    proofpack fetch --suite smoke                      # once: SmolLM2-135M and the Shakespeare text into the cache
+    python bench/edit_effects.py                       # ~15 min; --model DIR --tokens FILE.npy for another model
     nice -n 5 python bench/edit_effects.py --timing-only 3                                        # ~5 min
 
 The full run applies every edit spec and every fault (the scenarios' env) in place, evaluates, restores and
@@ -123,8 +124,10 @@ def fmt_ratio(r: float) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/tmp/smol/hf")
-    ap.add_argument("--tokens", default="/tmp/smol/shakespeare_tokens.npy")
+    ap.add_argument("--model", default=None, help="HF model directory (default: the smoke suite's SmolLM2 from the "
+                    "fetched cache, converted by the plugin's loader; run `proofpack fetch --suite smoke` first)")
+    ap.add_argument("--tokens", default=None, help=".npy token stream (default: the smoke suite's corpus through "
+                    "its data provider, tokenized by the model's tokenizer)")
     ap.add_argument(
         "--scenarios", default=str(Path(__file__).resolve().parents[1] / "scenarios/scenarios.json")
     )
@@ -152,10 +155,17 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
-    model: Any = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model: Any
+    if args.model is None or args.tokens is None:
+        from smoke_assets import smoke_model_and_tokens  # bench/ is on sys.path when run as a script
+
+        smoke_model, smoke_tokens = smoke_model_and_tokens()
+    model = (
+        AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32) if args.model else smoke_model
+    )
     model.eval()
     n_layers = len(find_blocks(model)[1])
-    windows = make_windows(np.load(args.tokens), args.windows, args.seq)
+    windows = make_windows(np.load(args.tokens) if args.tokens else smoke_tokens, args.windows, args.seq)
     snap = snapshot(model)
 
     t0 = time.perf_counter()

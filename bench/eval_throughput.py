@@ -5,7 +5,7 @@ evaluating each window's ``seq_len`` tokens as a batch-1 forward padded to ``2 *
 engine's guard cost against its primary-metric cost on a noop evaluation. The last line is
 ``speedup=<float>``.
 
-    python bench/eval_throughput.py [--model /tmp/smol/hf] [--tokens /tmp/smol/shakespeare_tokens.npy]
+    python bench/eval_throughput.py [--model DIR --tokens FILE.npy]   # default: the smoke suite's fetched assets
 """
 
 from __future__ import annotations
@@ -55,16 +55,20 @@ def main() -> None:
     from pytest_proofpack.engine.metric import window_losses
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/tmp/smol/hf")
-    ap.add_argument("--tokens", default="/tmp/smol/shakespeare_tokens.npy")
+    ap.add_argument("--model", default=None, help="HF model directory (default: the smoke suite's SmolLM2, fetched)")
+    ap.add_argument("--tokens", default=None, help=".npy token stream (default: the smoke suite's corpus)")
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
-    tokens = np.load(a.tokens).astype(np.int64)
+    if a.model is None or a.tokens is None:
+        from smoke_assets import smoke_model_and_tokens  # bench/ is on sys.path when run as a script
+
+        smoke_model, smoke_tokens = smoke_model_and_tokens()
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval() if a.model else smoke_model
+    tokens = np.load(a.tokens).astype(np.int64) if a.tokens else smoke_tokens
     ws = _windows(tokens, 100_000, a.windows, a.seq_len)
     pad = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
 

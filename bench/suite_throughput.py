@@ -44,13 +44,14 @@ reports the maximum per process: the pytest controller and each ``-n`` worker (i
 each naive pool worker. Each peak is also given as a multiple of the model's fp32 size (``params_b`` x 1e9 x
 4 bytes).
 
-    python bench/suite_throughput.py [--workers 2] [--scenarios K] [--cache DIR] [--quick] [--plugin-only]
-                                     [--json OUT]
+    python bench/suite_throughput.py [--workers 2] [--scenarios K [--spread]] [--cache DIR] [--quick]
+                                     [--plugin-only] [--json OUT]
 
-``--quick`` runs 4 scenario runs spread evenly over the suite (smoke: a clean edit, a stress edit, a
-fault, a benign edit; the smoke suite's windows, n_final 16) to test the script end to end. The last line
-printed is ``throughput_ratio=<plugin scenarios per hour / naive scenarios per hour>``. ``--plugin-only``
-skips the naive flow (a memory check: issue 9's peak-RSS goal); its last line is
+``--scenarios K --spread`` runs K scenario runs spread evenly over the suite (indices ``(2i+1)n/2k``) instead of
+the first K. ``--quick`` runs 4 scenario runs spread that way (smoke: a clean edit, a stress edit, a fault, a
+benign edit; the smoke suite's windows, n_final 16) to test the script end to end. The last line printed is
+``throughput_ratio=<plugin scenarios per hour / naive scenarios per hour>``. ``--plugin-only`` skips the naive
+flow (a memory check: issue 9's peak-RSS goal); its last line is
 ``peak_rss_x_fp32=<the largest worker peak / the model's fp32 size>``.
 """
 
@@ -487,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="proofpack cache (default $PROOFPACK_CACHE or "
                     "~/.cache/pytest_proofpack); must hold the fetched smoke assets (`proofpack fetch`)")
     ap.add_argument("--quick", action="store_true", help="4 spread scenario runs (end-to-end check)")
+    ap.add_argument("--spread", action="store_true", help="with --scenarios K: K runs spread evenly over the "
+                    "suite instead of the first K (every kind of scenario, in a run that fits the time)")
     ap.add_argument("--plugin-only", action="store_true", help="skip the naive flow (no ratio): the plugin's "
                     "time and peak RSS per worker only; the last line is peak_rss_x_fp32=<worst worker>")
     ap.add_argument("--workdir", type=Path, default=None, help="keep run directories and logs here")
@@ -498,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--scenarios must be >= 1")
     cache = (a.cache or default_cache()).expanduser().resolve()
     all_cases, entry = suite_cases()
-    selected = pick(all_cases, 4 if a.quick and a.scenarios is None else a.scenarios, spread=a.quick)
+    selected = pick(all_cases, 4 if a.quick and a.scenarios is None else a.scenarios, spread=a.quick or a.spread)
     threads = max(1, physical_cores() // a.workers)
     work = (a.workdir.resolve() if a.workdir else Path(tempfile.mkdtemp(prefix="suite_throughput_")))
     work.mkdir(parents=True, exist_ok=True)

