@@ -89,6 +89,7 @@ def test_smoke_verdict_and_detection_matrix(smoke_run: tuple[Path, subprocess.Co
     # each probe is signalled by its own guard (the verdict's PASS already says nothing else failed)
     assert "rmt" in cells["rmt_norm_noise"]["guards"], cells["rmt_norm_noise"]
     assert cells["spectral_moderate_scale"]["caps"] >= 3, cells["spectral_moderate_scale"]
+    assert "variance" in cells["ve_mlp_scale_skew"]["guards"], cells["ve_mlp_scale_skew"]
     assert "primary_metric" not in cells["ve_mlp_scale_skew"]["guards"], cells["ve_mlp_scale_skew"]
     for sid in BENIGN:
         assert cells[sid]["guards"] == [] and cells[sid]["outcome"] == "pass", (sid, cells[sid])

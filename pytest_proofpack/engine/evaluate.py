@@ -179,10 +179,8 @@ def _run_guards(
     ids = _guard_ids(preview, cfg)
     kw: dict[str, Any] = {"batch_size": cfg.batch_size, "device": cfg.device}
     targets = [
-        rmt.Target(
-            str(a.get("module", m)), str(a["family"]), str(a["role"]), a.get("layer"), str(a.get("side", "output"))
-        )
-        for m, a in baseline.activations.items()
+        rmt.Target(str(a["module"]), str(a["family"]), str(a["role"]), a.get("layer"), str(a["side"]))
+        for a in baseline.activations.values()
     ]
     cap, cap_err = timed("rmt", lambda: rmt.capture(model, ids, targets, chunk=VE_CHUNK, **kw))
     rmt_sec: dict[str, Any]
