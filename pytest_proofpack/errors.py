@@ -64,3 +64,14 @@ class PackError(ProofpackError):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ScenarioTimeout(BaseException):
+    """A scenario ran past ``--proofpack-timeout``.
+
+    A :class:`BaseException`, like :class:`KeyboardInterrupt`: the alarm lands wherever the scenario happens to
+    be, and an ``except Exception`` there (a guard's fail-closed handler, a library's import fallback) must not
+    swallow it and let the scenario carry on as if the deadline had not passed.
+    """
+
+    error_class = "timeout"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_proofpack.deadline import uninterrupted
 from pytest_proofpack.errors import EngineUnavailableError, ProofpackError
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
         repeats = [config.hook.pytest_proofpack_evaluate(case=case, runtime=runtime, change=metadata)
                    for _ in range(runtime.ctx.options.repeats if is_repeat_case(case, runtime) else 0)]
     finally:
-        change.restore()
+        with uninterrupted():  # a deadline expiring here waits: the next scenario needs the baseline weights
+            change.restore()
     if result is None:
         raise EngineUnavailableError(
             "no evaluation engine is available: no pytest_proofpack_evaluate implementation returned a result; "

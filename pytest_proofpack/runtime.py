@@ -27,7 +27,7 @@ import yaml
 from filelock import FileLock
 
 from pytest_proofpack import ENGINE_VERSION
-from pytest_proofpack.errors import OptionError, ProofpackError
+from pytest_proofpack.errors import OptionError, ProofpackError, ScenarioTimeout
 from pytest_proofpack.results import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -355,7 +355,7 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
         pass
     if isinstance(exc, MemoryError):
         return "oom", f"{name}: host memory exhausted"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, ScenarioTimeout | TimeoutError):
         return "timeout", f"{name}: {exc}"
     first = str(exc).splitlines()[0] if str(exc) else ""
     return "internal", f"{name}: {first}"

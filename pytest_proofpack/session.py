@@ -8,11 +8,9 @@ the same items, run them, write their report directories and send the evidence b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import pytest
 
 from pytest_proofpack import ENGINE_VERSION, __version__
+from pytest_proofpack.deadline import scenario_timeout
 from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.nodeid import TEST_NAME, CaseId, parse_nodeid
 from pytest_proofpack.options import Options, read_options
@@ -54,25 +53,6 @@ class ScenarioOutcome:
     ok: bool
     message: str
     report: dict[str, Any] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def scenario_timeout(seconds: float | None) -> Iterator[None]:
-    """``--proofpack-timeout``: raise TimeoutError in the worker's main thread after ``seconds``."""
-    if not seconds or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"scenario exceeded --proofpack-timeout {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def auto_num_workers(config: pytest.Config) -> int | None:
