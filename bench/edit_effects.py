@@ -152,20 +152,13 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
-    model: Any
-    if args.model is None or args.tokens is None:
-        from smoke_assets import smoke_model_and_tokens  # bench/ is on sys.path when run as a script
+    from smoke_assets import model_and_tokens  # bench/ is on sys.path when run as a script
 
-        smoke_model, smoke_tokens = smoke_model_and_tokens()
-    model = (
-        AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32) if args.model else smoke_model
-    )
-    model.eval()
+    model, tokens, model_name = model_and_tokens(ap, args.model, args.tokens)
     n_layers = len(find_blocks(model)[1])
-    windows = make_windows(np.load(args.tokens) if args.tokens else smoke_tokens, args.windows, args.seq)
+    windows = make_windows(tokens, args.windows, args.seq)
     snap = snapshot(model)
 
     t0 = time.perf_counter()
@@ -245,7 +238,7 @@ def main() -> int:
         data["effects"] = {
             "command": command,
             "date": args.date,
-            "model": f"{Path(args.model).name} ({type(model).__name__}, {n_layers} layers)",
+            "model": f"{model_name} ({type(model).__name__}, {n_layers} layers)",
             "windows": args.windows,
             "seq": args.seq,
             "batch": args.batch,

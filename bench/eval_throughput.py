@@ -46,9 +46,7 @@ def padded_reference(model: Any, ids: Any, pad_id: int) -> list[float]:
 
 
 def main() -> None:
-    import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM
 
     from pytest_proofpack.engine.config import EngineConfig
     from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline
@@ -63,12 +61,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    if a.model is None or a.tokens is None:
-        from smoke_assets import smoke_model_and_tokens  # bench/ is on sys.path when run as a script
+    from smoke_assets import model_and_tokens  # bench/ is on sys.path when run as a script
 
-        smoke_model, smoke_tokens = smoke_model_and_tokens()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval() if a.model else smoke_model
-    tokens = np.load(a.tokens).astype(np.int64) if a.tokens else smoke_tokens
+    model, tokens, _ = model_and_tokens(ap, a.model, a.tokens)
     ws = _windows(tokens, 100_000, a.windows, a.seq_len)
     pad = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
 
