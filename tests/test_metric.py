@@ -243,8 +243,12 @@ def test_nan_poisoned_subject_keeps_nan_losses_and_verdict() -> None:
         assert bool(metric.token_nll(fresh, ws.input_ids).isnan().all())
         assert bool(_plain_nll(fresh, ws.input_ids).isnan().all())
         metric.token_nll(model, ws.input_ids)
+    assert metric.plain_head(fresh, ws.input_ids) is True  # NaN in the same places on both paths
+    assert fresh not in metric._PLAIN_HEAD  # and not remembered: a restored model is probed again
     assert metric.plain_head(model, ws.input_ids) is True
     with torch.no_grad():
         model.model.norm.weight[0] = float("nan")
-    assert metric.plain_head(model, ws.input_ids) is True  # an all-NaN probe proves nothing: the verdict stays
+    metric._PLAIN_HEAD[model] = (("stale",), False)  # force a new probe; the earlier verdict says False
+    assert metric.plain_head(model, ws.input_ids) is False  # an all-NaN probe proves nothing: the verdict stays
+    assert metric._PLAIN_HEAD[model] == (("stale",), False)
     assert window_losses(model, ws, batch_size=2, device="cpu") == [None] * 3
