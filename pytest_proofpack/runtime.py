@@ -232,11 +232,8 @@ class ModelRuntime:
             return data
 
     def baseline_digest(self, run: int = 1) -> str:
-        from pytest_proofpack.engine.metric import NLL_IMPL
-
         preview, final = self.windows(run)
-        # NLL_IMPL: a baseline's losses pair with a subject's to the bit only when one implementation made both.
-        return _digest("baseline", ENGINE_VERSION, NLL_IMPL, self.loaded.fingerprint, self.loaded.dtype,
+        return _digest("baseline", ENGINE_VERSION, self.loaded.fingerprint, self.loaded.dtype,
                        preview.digest, final.digest, self.engine.digest())
 
     def baseline(self, run: int = 1) -> Any:

@@ -54,9 +54,6 @@ PROBE_TOKENS: Final = 8
 #: run the same kernels on the same shapes, so on one device they agree to the bit; any real post-processing
 #: of the head's output (soft-capping at 30 moves a logit of 10 by 3.5 %) is orders of magnitude above.
 PROBE_RTOL: Final = 1e-6
-#: Identifies how :func:`token_nll` computes losses; cached baselines are keyed by it (a baseline made by
-#: another implementation would not pair with the subject to the bit, and a noop must give exactly 1.0).
-NLL_IMPL: Final = "decoder+chunked-head-v1"
 #: The ``torch.nn.Module`` attributes holding forward hooks and pre-hooks.
 _HOOK_DICTS: Final = ("_forward_hooks", "_forward_pre_hooks")
 
