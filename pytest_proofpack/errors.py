@@ -75,3 +75,15 @@ class ScenarioTimeout(BaseException):
     """
 
     error_class = "timeout"
+
+
+class RemoteScenarioError(Exception):
+    """An exception other than a :class:`ProofpackError` raised in a multi-GPU reservation's scenario subprocess.
+
+    ``described`` is the ``(error_class, message)`` the subprocess's ``describe_error`` gave, so the record says
+    exactly what an in-process run would; ``str()`` adds the subprocess's traceback for the test's report.
+    """
+
+    def __init__(self, described: tuple[str, str], remote_traceback: str, pid: int) -> None:
+        super().__init__(f"{described[1]}\n-- raised in the scenario subprocess (pid {pid}):\n{remote_traceback}")
+        self.described = described

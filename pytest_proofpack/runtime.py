@@ -27,7 +27,7 @@ import yaml
 from filelock import FileLock
 
 from pytest_proofpack import ENGINE_VERSION
-from pytest_proofpack.errors import OptionError, ProofpackError, ScenarioTimeout
+from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
 from pytest_proofpack.results import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ class ModelRuntime:
             # The command line's --proofpack-dtype beats the suite entry's dtype.
             entry = dataclasses.replace(self.entry, dtype=self.ctx.options.dtype) if self.ctx.options.dtype \
                 else self.entry
-            from pytest_proofpack.scheduling.launch import device_map_for_process
+            from pytest_proofpack.scheduling.gpus import device_map_for_process
 
             self._loaded = load_model(
                 entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
@@ -339,9 +339,8 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     """``(error_class, one-line message)`` decided from the exception's type, never from log text."""
     if isinstance(exc, ProofpackError):
         return exc.error_class, str(exc)
-    described = getattr(exc, "proofpack_described", None)  # re-raised from a scenario subprocess (launch.py)
-    if isinstance(described, tuple) and len(described) == 2:
-        return str(described[0]), str(described[1])
+    if isinstance(exc, RemoteScenarioError):
+        return exc.described
     name = type(exc).__name__
     try:
         import torch

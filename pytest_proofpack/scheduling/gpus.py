@@ -31,6 +31,8 @@ from pytest_proofpack.errors import OptionError
 
 FAKE_ENV = "PROOFPACK_FAKE_GPUS"
 MEMORY_ENV = "GPU_MEMORY_PER_DEVICE"
+#: Set (comma-separated device ids) in the subprocess of a multi-GPU reservation (see :mod:`.launch`).
+RESERVED_DEVICES_ENV = "PROOFPACK_RESERVED_DEVICES"
 _FAKE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+(?:\.\d+)?)\s*$")
 _MIB_PER_GB = 1024
 
@@ -359,3 +361,15 @@ def detect_inventory(
     if warn is not None:
         warn(f"proofpack: running on CPU ({reason}); memory gating is off")
     return CpuInventory(reason)
+
+
+def device_map_for_process(device: str) -> str | None:
+    """``"auto"`` (transformers/accelerate spread the model over the visible devices) when this process is a
+    reservation's subprocess (:data:`RESERVED_DEVICES_ENV` lists 2+ devices), loads on CUDA and sees more than
+    one CUDA device; None otherwise (a one-device worker, a CPU run)."""
+    reserved = [d for d in os.environ.get(RESERVED_DEVICES_ENV, "").split(",") if d.strip()]
+    if len(reserved) < 2 or not device.startswith("cuda"):
+        return None
+    import torch
+
+    return "auto" if torch.cuda.device_count() > 1 else None

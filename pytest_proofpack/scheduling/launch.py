@@ -8,11 +8,11 @@ runs the model's items through :class:`ReservedLauncher`:
 * it waits until the reservation is ``ready`` (every helper's process has exited), polling the file for at
   most :data:`READY_TIMEOUT_ENV` seconds (default :data:`DEFAULT_READY_TIMEOUT_S`);
 * it starts ``python -m pytest_proofpack.scheduling.launch <launch.json>`` once per model, with
-  ``CUDA_VISIBLE_DEVICES`` and :data:`~.xdist.RESERVED_DEVICES_ENV` = the reservation's devices, leader's
+  ``CUDA_VISIBLE_DEVICES`` and :data:`~.gpus.RESERVED_DEVICES_ENV` = the reservation's devices, leader's
   first, comma-joined. The subprocess rebuilds the worker's pytest configuration from ``launch.json`` (the
   worker's arguments, directory, ``sys.path`` and ``workerinput``, and the conftest files that implement
   proofpack hooks), so the same hooks, catalog and options apply. Its model load spreads over the visible
-  devices (``device_map="auto"``, see :func:`device_map_for_process`); on CPU it simply runs;
+  devices (``device_map="auto"``, see :func:`~.gpus.device_map_for_process`); on CPU it simply runs;
 * per item it writes a request (JSON, atomically) and sends its path on the subprocess's stdin; the
   subprocess runs :func:`pytest_proofpack.execute.run_case` — the same code as in the worker — writes the
   same evidence (``evaluation.report.json`` and sidecars) and answers with a result file (JSON, atomically;
@@ -47,9 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
-from pytest_proofpack.errors import OptionError, ProofpackError
+from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError
 from pytest_proofpack.results import atomic_write_text
-from pytest_proofpack.scheduling.xdist import RESERVATIONS_FILE, RESERVED_DEVICES_ENV, Reservation, reservation_for
+from pytest_proofpack.scheduling.gpus import RESERVED_DEVICES_ENV
+from pytest_proofpack.scheduling.xdist import RESERVATIONS_FILE, Reservation, reservation_for
 
 if TYPE_CHECKING:
     import pytest
@@ -79,16 +80,6 @@ class ScenarioSubprocessError(ProofpackError):
     def __init__(self, message: str, error_class: str) -> None:
         super().__init__(message)
         self.error_class = error_class
-
-
-class RemoteScenarioError(Exception):
-    """Any other exception raised in the scenario subprocess. ``proofpack_described`` is the
-    ``(error_class, message)`` the subprocess's :func:`~pytest_proofpack.runtime.describe_error` gave, so the
-    record says exactly what an in-process run would; ``str()`` adds the subprocess's traceback."""
-
-    def __init__(self, described: tuple[str, str], remote_traceback: str, pid: int) -> None:
-        super().__init__(f"{described[1]}\n-- raised in the scenario subprocess (pid {pid}):\n{remote_traceback}")
-        self.proofpack_described = described
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -157,18 +148,6 @@ def execution_evidence(process: str, **extra: Any) -> dict[str, Any]:
         "reserved_devices": os.environ.get(RESERVED_DEVICES_ENV),
         **extra,
     }
-
-
-def device_map_for_process(device: str) -> str | None:
-    """``"auto"`` (transformers/accelerate spread the model over the visible devices) when this process is a
-    reservation's subprocess (:data:`RESERVED_DEVICES_ENV` lists 2+ devices), loads on CUDA and sees more than
-    one CUDA device; None otherwise (a one-device worker, a CPU run)."""
-    reserved = [d for d in os.environ.get(RESERVED_DEVICES_ENV, "").split(",") if d.strip()]
-    if len(reserved) < 2 or not device.startswith("cuda"):
-        return None
-    import torch
-
-    return "auto" if torch.cuda.device_count() > 1 else None
 
 
 def _dump(data: Any) -> str:

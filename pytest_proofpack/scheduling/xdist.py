@@ -49,7 +49,7 @@ import pytest
 
 from pytest_proofpack.models import ModelEntry
 from pytest_proofpack.nodeid import parse_nodeid
-from pytest_proofpack.scheduling.gpus import GpuDevice, GpuInventory
+from pytest_proofpack.scheduling.gpus import RESERVED_DEVICES_ENV, GpuDevice, GpuInventory
 from pytest_proofpack.scheduling.plan import ModelPlan, PlanSettings, plan_model
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 RESERVATIONS_FILE = "proofpack-reservations.json"
 WORKER_GPU_ENV = "PROOFPACK_WORKER_GPU"
-RESERVED_DEVICES_ENV = "PROOFPACK_RESERVED_DEVICES"
 _GW_RE = re.compile(r"(\d+)$")
 
 Role = Literal["work", "leader", "helper"]
