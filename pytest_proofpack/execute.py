@@ -7,6 +7,7 @@ the next scenario of the same worker.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_proofpack.deadline import uninterrupted
 from pytest_proofpack.errors import EngineUnavailableError, ProofpackError
+from pytest_proofpack.scheduling.gpus import RESERVED_DEVICES_ENV
 
 if TYPE_CHECKING:
     import pytest
@@ -76,6 +78,40 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
     if repeats:
         out.report["determinism_repeats"] = repeat_spread(out.report, [normalise(r, case).report for r in repeats])
     return out
+
+
+def run_and_record(config: pytest.Config, case: Case, runtime: ModelRuntime, process: str,
+                   **extra: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """:func:`run_case`, then the report's ``execution`` block and its files written into the run directory.
+
+    Returns the report and the test's properties (unprefixed): where the report is, which model revision and
+    source it evaluated. The same in a worker and in a multi-GPU reservation's subprocess.
+    """
+    from pytest_proofpack.results import report_dir, report_relpath
+
+    result = run_case(config, case, runtime)
+    device_map = getattr(runtime.model, "hf_device_map", None)
+    if isinstance(device_map, dict):  # loaded with a device map: the devices its layers were spread over
+        extra = {**extra, "devices_used": sorted({str(d) for d in device_map.values()})}
+    result.report["execution"] = execution_evidence(process, **extra)
+    write_evidence(report_dir(runtime.ctx.run_dir, *case.key), result)
+    props = [("report", report_relpath(*case.key)), ("model_revision", runtime.loaded.revision),
+             ("model_source", runtime.loaded.source_desc)]
+    return result.report, props
+
+
+def execution_evidence(process: str, **extra: Any) -> dict[str, Any]:
+    """Where a scenario ran, for its report's ``execution`` block: ``process`` (``worker`` or ``subprocess``),
+    pid, xdist worker id, ``CUDA_VISIBLE_DEVICES``/reserved devices as this process sees them, and ``extra``."""
+    return {
+        "process": process,
+        "pid": os.getpid(),
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", "master"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "reserved_devices": os.environ.get(RESERVED_DEVICES_ENV),
+        **extra,
+    }
+
 
 
 def is_repeat_case(case: Case, runtime: ModelRuntime) -> bool:

@@ -30,7 +30,6 @@ from pytest_proofpack.results import (
     ResultStore,
     planned_keys,
     read_run_json,
-    report_dir,
     report_relpath,
     stale_reason,
     write_run_json,
@@ -245,15 +244,11 @@ class ProofpackSession:
         runtime: ModelRuntime = request.getfixturevalue("proofpack_runtime")
         if self.options.calibrate_only:
             pytest.skip(calibrate_only_message(runtime))
-        from pytest_proofpack.execute import run_case, write_evidence
-        from pytest_proofpack.scheduling.launch import execution_evidence
+        from pytest_proofpack.execute import run_and_record
 
-        result = run_case(self.config, case, runtime)
-        result.report["execution"] = execution_evidence("worker")
-        write_evidence(report_dir(self.ctx.run_dir, *case.key), result)
-        node.user_properties += [(_PROP + "report", rel), (_PROP + "model_revision", runtime.loaded.revision),
-                                 (_PROP + "model_source", runtime.loaded.source_desc)]
-        return result.report
+        report, props = run_and_record(self.config, case, runtime, "worker")
+        node.user_properties += [(_PROP + k, v) for k, v in props]
+        return report
 
     # ------------------------------------------------------------------------------------------ reservations
     # Issue 7 (scheduling/launch.py): the leader of a multi-GPU reservation runs the model's items in a
@@ -267,7 +262,7 @@ class ProofpackSession:
 
         basetemp = tmp_path_factory.getbasetemp()
         launcher = ReservedLauncher(self.config, proofpack_model_key, basetemp / f"launch-{proofpack_model_key}",
-                                    basetemp.parent / RESERVATIONS_FILE, os.environ.get("PYTEST_XDIST_WORKER", ""))
+                                    basetemp.parent / RESERVATIONS_FILE, self.ctx.worker_id if self.ctx else "")
         self._launcher = launcher
         yield launcher
         self._launcher = None
@@ -288,9 +283,9 @@ class ProofpackSession:
     def _reserved_execute(self, request: pytest.FixtureRequest, case: Case) -> dict[str, Any] | None:
         """The report of ``case`` run by the reservation's subprocess when this worker leads a multi-GPU
         reservation of its model; None otherwise (the item runs in this process)."""
-        worker = os.environ.get("PYTEST_XDIST_WORKER")
-        if not self.is_worker or not worker:
+        if not self.is_worker or self.ctx is None:
             return None
+        worker = self.ctx.worker_id
         from pytest_proofpack.scheduling.launch import leader_reservation
 
         factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")

@@ -29,7 +29,7 @@ next item starts a fresh subprocess. Any exception in the worker while an item r
 included) kills the subprocess, so a half-finished scenario never keeps the devices.
 
 Every report records where it ran (``execution``: process kind, pid, worker, ``CUDA_VISIBLE_DEVICES``;
-:func:`execution_evidence`). POSIX only (``select`` on pipes), like ``--proofpack-timeout``.
+:func:`~pytest_proofpack.execute.execution_evidence`). POSIX only (``select`` on pipes), like ``--proofpack-timeout``.
 """
 
 from __future__ import annotations
@@ -135,19 +135,6 @@ def wait_until_ready(path: Path, worker_id: str, model: str, timeout_s: float, p
                 f"free their device; raise {READY_TIMEOUT_ENV} (seconds) or lower the model's memory plan"
             )
         time.sleep(poll_s)
-
-
-def execution_evidence(process: str, **extra: Any) -> dict[str, Any]:
-    """Where a scenario ran, for its report's ``execution`` block: ``process`` (``worker`` or ``subprocess``),
-    pid, xdist worker id, ``CUDA_VISIBLE_DEVICES``/reserved devices as this process sees them, and ``extra``."""
-    return {
-        "process": process,
-        "pid": os.getpid(),
-        "worker": os.environ.get("PYTEST_XDIST_WORKER", "master"),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "reserved_devices": os.environ.get(RESERVED_DEVICES_ENV),
-        **extra,
-    }
 
 
 def _dump(data: Any) -> str:
@@ -424,8 +411,7 @@ class _Server:
         return result_path
 
     def _run(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        from pytest_proofpack.execute import run_case, write_evidence
-        from pytest_proofpack.results import report_dir, report_relpath
+        from pytest_proofpack.execute import run_and_record
         from pytest_proofpack.runtime import ModelRuntime
         from pytest_proofpack.session import calibrate_only_message
 
@@ -442,20 +428,8 @@ class _Server:
             runtime = self.runtimes[case.model.key] = ModelRuntime(ctx, case.model)
         if request.get("calibrate_only"):
             return {"skip": calibrate_only_message(runtime)}
-        result = run_case(self.config, case, runtime)
-        device_map = getattr(runtime.model, "hf_device_map", None)
-        result.report["execution"] = execution_evidence(
-            "subprocess",
-            worker_pid=request.get("worker_pid"),
-            devices_used=sorted({str(d) for d in device_map.values()}) if isinstance(device_map, dict) else None,
-        )
-        write_evidence(report_dir(ctx.run_dir, *case.key), result)
-        props = [
-            ("report", report_relpath(*case.key)),
-            ("model_revision", runtime.loaded.revision),
-            ("model_source", runtime.loaded.source_desc),
-        ]
-        return {"report": result.report, "properties": props}
+        report, props = run_and_record(self.config, case, runtime, "subprocess", worker_pid=request.get("worker_pid"))
+        return {"report": report, "properties": props}
 
     def close(self) -> None:
         for runtime in self.runtimes.values():
