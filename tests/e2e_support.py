@@ -19,6 +19,8 @@ if str(TESTS) not in sys.path:
 
 from tinymodels import save_tiny, tiny_llama, tiny_tokenizer  # noqa: E402
 
+N_SCENARIOS = 20  # the "subset" scenario suite of suites_yaml: 4 clean + 4 stress + 12 faults
+
 CORPUS = " ".join(
     f"line {i}: the quick brown fox jumps over the lazy dog; to be or not to be, that is the question."
     for i in range(400)

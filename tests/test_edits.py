@@ -517,6 +517,7 @@ def test_metadata_counts_changes_exactly_around_nan_and_inf() -> None:
 def test_cpu_edits_run_on_one_thread_and_give_the_callers_count_back(monkeypatch: pytest.MonkeyPatch) -> None:
     import pytest_proofpack.edits.apply as apply_module
 
+    default_serial_max = apply_module.SERIAL_MAX_NUMEL
     seen: list[int] = []
 
     def probe(matrix: torch.Tensor, params: Any, *, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -540,7 +541,7 @@ def test_cpu_edits_run_on_one_thread_and_give_the_callers_count_back(monkeypatch
         with apply_edit(model, spec, registry=reg):
             pass
         assert set(seen) == {2}
-        monkeypatch.setattr(apply_module, "SERIAL_MAX_NUMEL", 1 << 22)
+        monkeypatch.setattr(apply_module, "SERIAL_MAX_NUMEL", default_serial_max)  # back to the module's default
         seen.clear()
         with pytest.raises(RuntimeError), apply_edit(model, spec, registry=reg):
             raise RuntimeError("boom")
@@ -576,9 +577,52 @@ def test_thread_safe_kinds_edit_cpu_matrices_on_worker_threads_with_one_intra_op
         _assert_identical(model, before)
     finally:
         torch.set_num_threads(callers)
-    assert [r.thread_safe for r in (default_edit_registry.get(k) for k in default_edit_registry.names())] == [
-        True,  # fp8_quant
-        False,  # lowrank_svd: torch.svd_lowrank draws from the global RNG
-        True,  # magnitude_prune
-        True,  # quant_rtn
-    ]
+
+
+def test_built_in_kinds_are_thread_safe_exactly_when_they_leave_the_global_rng_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``thread_safe`` is a claim (no global RNG, no shared state): check it against what each kind's function does.
+
+    Each built-in kind is parsed from a spec and run on CPU matrices large enough for every code path (64 x 96 puts
+    ``lowrank_svd:4`` on its randomized ``torch.svd_lowrank`` path); a kind "uses the global RNG" if it seeds it or
+    leaves its state changed. Thread-safe kinds must also give bit-identical results on worker threads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = {"fp8_quant": "e4m3", "lowrank_svd": "4", "magnitude_prune": "0.3", "quant_rtn": "8:32"}
+    seeded: list[int] = []
+    real_manual_seed = torch.manual_seed
+
+    def spy_manual_seed(seed: int) -> Any:
+        seeded.append(seed)
+        return real_manual_seed(seed)
+
+    monkeypatch.setattr(torch, "manual_seed", spy_manual_seed)
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    matrices = [torch.randn(64, 96, generator=gen) for _ in range(4)]
+    names = default_edit_registry.names()
+    assert names == sorted(args)
+    uses_global_rng: dict[str, bool] = {}
+    for name in names:
+        kind = default_edit_registry.get(name)
+        params = parse_edit_spec(f"{name}:{args[name]}:all").param_dict
+        seeded.clear()
+        state = torch.get_rng_state()
+        serial = [kind.fn(m.clone(), params, seed=i) for i, m in enumerate(matrices)]
+        uses_global_rng[name] = bool(seeded) or not torch.equal(state, torch.get_rng_state())
+        for m, (out, _stats) in zip(matrices, serial, strict=True):
+            assert out.shape == m.shape and torch.isfinite(out).all() and not torch.equal(out, m), name
+        if kind.thread_safe:
+            with ThreadPoolExecutor(max_workers=len(matrices)) as pool:
+                futures = [pool.submit(kind.fn, m.clone(), params, seed=i) for i, m in enumerate(matrices)]
+                threaded = [f.result() for f in futures]
+            for (a, stats_a), (b, stats_b) in zip(serial, threaded, strict=True):
+                assert torch.equal(a, b) and stats_a == stats_b, name
+    assert uses_global_rng == {name: not default_edit_registry.get(name).thread_safe for name in names}
+    assert {name: default_edit_registry.get(name).thread_safe for name in names} == {
+        "fp8_quant": True,
+        "lowrank_svd": False,  # torch.svd_lowrank draws from the global RNG (seeded per matrix under fork_rng)
+        "magnitude_prune": True,
+        "quant_rtn": True,
+    }

@@ -36,8 +36,13 @@ def smol() -> tuple[Any, BaselineState, WindowSet, WindowSet]:
 
 def test_noop_passes_all_gates(smol: Any) -> None:
     model, base, p, f = smol
-    assert f.input_ids.shape == (N_FINAL, smoke_catalog().suite(SUITE).eval["seq_len"])
     rep = evaluate(model, base, p, f, {}, CFG, context={"probes": ["rmt", "ve"]}).report
+    # The metric scored every window it was given, each at the suite's full length, and all of them finite.
+    pm, seq_len = rep["primary_metric"], smoke_catalog().suite(SUITE).eval["seq_len"]
+    assert (pm["n_windows"], pm["n_preview_windows"]) == (N_FINAL, N_PREVIEW)
+    assert pm["n_tokens"] == N_FINAL * (seq_len - 1) and pm["non_finite_windows"] == 0
+    windows = rep["provenance"]["windows"]
+    assert (windows["preview_digest"], windows["final_digest"]) == (p.digest, f.digest)
     assert rep["primary_metric"]["ratio_vs_baseline"] == 1.0 and rep["primary_metric"]["ci"] == [1.0, 1.0]
     assert all(rep["validation"].values()), rep["validation"]
     assert rep["spectral"]["caps_applied"] == 0 and rep["rmt_probe"]["stable"] is True

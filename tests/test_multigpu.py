@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import ORACLE_CONFTEST, make_model_dir, write_suite
+from e2e_support import N_SCENARIOS, ORACLE_CONFTEST, write_suite
 
 from pytest_proofpack.errors import OptionError
 from pytest_proofpack.scheduling.launch import (
@@ -26,8 +26,6 @@ from pytest_proofpack.scheduling.launch import (
     wait_until_ready,
 )
 from pytest_proofpack.scheduling.xdist import RESERVATIONS_FILE, Reservation
-
-N_SCENARIOS = 20
 
 WHERE_CONFTEST = r"""
 import json, os, sys, time
@@ -55,12 +53,6 @@ def pytest_proofpack_log_where(case, runtime, change):  # pytest only reads "pyt
 """
 
 
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {"tiny-a": make_model_dir(root, 0), "tiny-b": make_model_dir(root, 1)}
-
-
 @pytest.fixture
 def suite_args(pytester: pytest.Pytester, model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     pytester.makeconftest(ORACLE_CONFTEST + WHERE_CONFTEST)
@@ -72,6 +64,7 @@ def suite_args(pytester: pytest.Pytester, model_dirs: dict[str, Path], monkeypat
         "PROOFPACK_TEST_MISS",
         "PROOFPACK_TEST_CRASH",
         "PROOFPACK_TEST_RAISE",
+        "PROOFPACK_TEST_HANG",
         "CUDA_VISIBLE_DEVICES",
         "PYTEST_XDIST_AUTO_NUM_WORKERS",
         "GPU_MEMORY_PER_DEVICE",

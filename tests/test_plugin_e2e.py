@@ -10,15 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e_support import ORACLE_CONFTEST, make_model_dir, write_suite
-
-N_SCENARIOS = 20  # subset scenarios: 4 clean + 4 stress + 12 faults, one run each here
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {"tiny-a": make_model_dir(root, 0), "tiny-b": make_model_dir(root, 1)}
+from e2e_support import N_SCENARIOS, ORACLE_CONFTEST, write_suite
 
 
 @pytest.fixture

@@ -187,7 +187,9 @@ def test_one_model_suite_uses_every_worker(n_nodes: int, inventory: str) -> None
     After every event: no live worker is idle while the controller still holds an item it could take, and with
     two workers, none is idle while two or more items have not started (running items excluded).
     """
-    for n_items in [4, 26, *range(2, 31)]:
+    # Every size from 2 to 30, the issue's 4 items included. The scheduler and these runs are deterministic
+    # (fixed seeds, no other randomness), so listing a size twice would only repeat an identical run.
+    for n_items in range(2, 31):
         for seed in (None, 1, 2):
             col = [nid("small", f"s{j}") for j in range(n_items)]
             inv = CpuInventory() if inventory == "cpu" else FakeInventory.uniform(n_nodes, 80)
@@ -398,13 +400,16 @@ def test_end_to_end_n_auto(pytester: pytest.Pytester, monkeypatch: pytest.Monkey
     for worker, worker_rows in by_worker.items():
         assert {r[2] for r in worker_rows} == {worker[2:]}  # CUDA_VISIBLE_DEVICES pinned per worker
         assert {r[4] for r in worker_rows} == {worker[2:]}  # workerinput["proofpack_gpu"]
-        assert len({r[3].split(":")[0] for r in worker_rows}) == 1  # one model per worker
-    # The collection lists m-big first; the scheduler hands the smallest model to the first worker.
-    assert {r[3].split(":")[0] for r in by_worker["gw0"]} == {"m-small"}
-    assert {r[3].split(":")[0] for r in by_worker["gw1"]} == {"m-big"}
-    assert [r[3] for r in sorted(by_worker["gw0"], key=lambda r: float(r[0]))] == [
-        f"m-small:s{j}:run1" for j in range(3)
-    ]
+        for model in ("m-small", "m-big"):  # a worker runs a model's items in scenario order
+            mine = [r[3] for r in sorted(worker_rows, key=lambda r: float(r[0])) if r[3].startswith(model + ":")]
+            assert mine == sorted(mine), (worker, mine)
+    # The collection lists m-big first; the scheduler hands the smallest model to the first worker, and each
+    # worker its model's first chunk of 2 items. Only a model's last item goes to whichever worker idles first
+    # (rule 4: on a loaded machine gw0 may finish m-small before gw1 asks for m-big's last item).
+    first = {w: min(rows, key=lambda r: float(r[0]))[3] for w, rows in by_worker.items()}
+    assert first == {"gw0": "m-small:s0:run1", "gw1": "m-big:s0:run1"}
+    assert {"m-small:s0:run1", "m-small:s1:run1"} <= {r[3] for r in by_worker["gw0"]}
+    assert {"m-big:s0:run1", "m-big:s1:run1"} <= {r[3] for r in by_worker["gw1"]}
 
 
 def test_replacement_node_after_the_others_finished_gets_the_requeued_work() -> None:

