@@ -73,21 +73,41 @@ def _run(
 ARCHES = ["llama", "gpt2", "mixtral", "qwen2"]
 
 
+def _non_finite_outputs(model: Any, module: Any) -> list[bool]:
+    """Whether each call of ``module`` during one forward of ``model`` output a non-finite value."""
+    seen: list[bool] = []
+
+    def hook(_mod: Any, _inp: Any, out: Any) -> None:
+        seen.append(not bool(torch.isfinite(out[0] if isinstance(out, tuple) else out).all()))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(torch.randint(0, 128, (1, 8)))
+    finally:
+        handle.remove()
+    return seen
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_nan_and_inf(arch: str) -> None:
     for error_type, check in (("nan_injection", torch.isnan), ("inf_injection", torch.isposinf)):
         model, change, before = _run(arch, error_type)
-        hits = [(n, int(check(p).sum())) for n, p in model.named_parameters() if bool(check(p).any())]
-        assert len(hits) == 1 and hits[0][1] == 1
-        key = change.metadata["modified_params"][0]
-        assert bool(check(_stored(model, key)[0, 0]))
-        if error_type == "nan_injection":
-            assert change.metadata["target_layers"] == [0] and ".0." in key
-        else:
-            assert any(t in key for t in ("attn", "self_attn"))
-        with torch.no_grad():
-            assert not bool(torch.isfinite(model(torch.randint(0, 128, (1, 8))).logits).all())
-        change.restore()
+        with change:  # restored even when an assertion fails: the model is shared by the module's tests
+            hits = [(n, int(check(p).sum())) for n, p in model.named_parameters() if bool(check(p).any())]
+            assert len(hits) == 1 and hits[0][1] == 1
+            key = change.metadata["modified_params"][0]
+            assert bool(check(_stored(model, key)[0, 0]))
+            if error_type == "nan_injection":
+                assert change.metadata["target_layers"] == [0] and ".0." in key
+            else:
+                assert any(t in key for t in ("attn", "self_attn"))
+            # The corruption reaches the forward: the module holding the poisoned weight outputs it. (Not asserted
+            # on the logits: on one of our CPU machines, torch 2.13's fused SDPA kernel returned finite outputs for a
+            # query with a NaN component, so whether a NaN in q_proj reaches them depends on the attention kernel.)
+            module = model.get_submodule(key.rsplit(".", 1)[0])
+            seen = _non_finite_outputs(model, module)
+            assert seen and all(seen)
         _assert_same(model, before)
 
 

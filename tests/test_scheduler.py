@@ -403,13 +403,15 @@ def test_end_to_end_n_auto(pytester: pytest.Pytester, monkeypatch: pytest.Monkey
         for model in ("m-small", "m-big"):  # a worker runs a model's items in scenario order
             mine = [r[3] for r in sorted(worker_rows, key=lambda r: float(r[0])) if r[3].startswith(model + ":")]
             assert mine == sorted(mine), (worker, mine)
-    # The collection lists m-big first; the scheduler hands the smallest model to the first worker, and each
-    # worker its model's first chunk of 2 items. Only a model's last item goes to whichever worker idles first
-    # (rule 4: on a loaded machine gw0 may finish m-small before gw1 asks for m-big's last item).
+    # The collection lists m-big first; the scheduler hands the smallest model to the first worker that registers
+    # (gw0 or gw1: xdist adds nodes in the order they come up), the other model to the other, and each worker its
+    # model's first chunk of 2 items. Only a model's last item goes to whichever worker idles first (rule 4: on a
+    # loaded machine one worker may finish its model before the other asks for its model's last item).
     first = {w: min(rows, key=lambda r: float(r[0]))[3] for w, rows in by_worker.items()}
-    assert first == {"gw0": "m-small:s0:run1", "gw1": "m-big:s0:run1"}
-    assert {"m-small:s0:run1", "m-small:s1:run1"} <= {r[3] for r in by_worker["gw0"]}
-    assert {"m-big:s0:run1", "m-big:s1:run1"} <= {r[3] for r in by_worker["gw1"]}
+    assert sorted(first.values()) == ["m-big:s0:run1", "m-small:s0:run1"], first
+    owner = {f.split(":")[0]: w for w, f in first.items()}
+    assert {"m-small:s0:run1", "m-small:s1:run1"} <= {r[3] for r in by_worker[owner["m-small"]]}
+    assert {"m-big:s0:run1", "m-big:s1:run1"} <= {r[3] for r in by_worker[owner["m-big"]]}
 
 
 def test_replacement_node_after_the_others_finished_gets_the_requeued_work() -> None:
