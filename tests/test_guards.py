@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,18 @@ from test_metric import make_windows
 from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
 
 from pytest_proofpack.data.windows import WindowSet
+from pytest_proofpack.engine import evaluate as evaluate_module
 from pytest_proofpack.engine.config import EngineConfig
-from pytest_proofpack.engine.evaluate import BaselineMismatchError, BaselineState, evaluate, prepare_baseline
+from pytest_proofpack.engine.evaluate import (
+    BaselineMismatchError,
+    BaselineState,
+    evaluate,
+    prepare_baseline,
+    shared_preview_rows,
+)
 from pytest_proofpack.engine.guards import invariants as inv
 from pytest_proofpack.engine.guards import rmt, spectral, variance
+from pytest_proofpack.engine.metric import window_losses
 from pytest_proofpack.engine.report import REPORT_FILE, check_report, write_report
 from pytest_proofpack.models.adapters import matrix, weight_refs
 
@@ -309,3 +318,34 @@ def test_baseline_from_other_config_is_rejected() -> None:
         evaluate(model, base, p, f, {}, EngineConfig(seed=7, bootstrap_replicates=300), context=CTX)
     with pytest.raises(BaselineMismatchError):
         BaselineState.from_json({"schema": "other"})
+
+
+@pytest.mark.parametrize(
+    ("n_preview", "guard", "batch", "shared"),
+    [(6, 4, 4, 4), (6, 4, 3, 3), (4, 4, 8, 4), (6, 6, 4, 6), (6, 8, 4, 6), (6, 2, 4, 0), (9, 7, 3, 6)],
+)
+def test_shared_preview_rows_are_whole_matching_batches(n_preview: int, guard: int, batch: int, shared: int) -> None:
+    assert shared_preview_rows(n_preview, guard, batch) == shared
+
+
+def test_metric_takes_leading_preview_losses_from_the_guard_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_llama(layers=3)
+    base, p, f = _setup(model)  # 6 preview windows; CFG: 4 guard windows, batches of 4 -> 4 shared rows
+    assert base.preview["losses"] == window_losses(model, p, batch_size=4, device="cpu")
+    with torch.no_grad():
+        model.get_parameter("model.layers.1.mlp.down_proj.weight").mul_(1.5)
+    starts: list[int] = []
+    real = evaluate_module.window_losses
+
+    def counting(*args: Any, **kwargs: Any) -> list[float | None]:
+        starts.append(int(kwargs.get("start", 0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "window_losses", counting)
+    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
+    assert rep["provenance"]["windows"]["preview_losses_from_guard_forward"] == 4
+    assert sorted(starts) == [0, 4]  # the final arm whole, the preview arm after the shared rows
+    # the shared rows are the metric's own numbers: same preview perplexity, to the bit, as a separate forward
+    fresh = real(model, p, batch_size=4, device="cpu")
+    assert rep["primary_metric"]["preview"] == math.exp(float(np.mean(np.asarray(fresh, dtype=np.float64))))
+    assert rep["primary_metric"]["preview"] != rep["primary_metric"]["baseline_preview"]

@@ -42,6 +42,17 @@ def test_window_losses_match_unbatched_reference() -> None:
             assert got[i] == pytest.approx(float(hf), rel=1e-5)
 
 
+def test_window_losses_from_a_batch_boundary() -> None:
+    model = tiny_llama()
+    ws = make_windows(7, 24, _fresh_seed())
+    full = window_losses(model, ws, batch_size=3, device="cpu")
+    assert window_losses(model, ws, batch_size=3, device="cpu", start=3) == full[3:]
+    assert window_losses(model, ws, batch_size=3, device="cpu", start=7) == []
+    for bad in (-1, 2, 8):
+        with pytest.raises(ValueError, match=f"start={bad} is not a batch boundary"):
+            window_losses(model, ws, batch_size=3, device="cpu", start=bad)
+
+
 def test_noop_ratio_is_exactly_one_with_unit_ci() -> None:
     model = tiny_llama()
     p, f = make_windows(6, 32, _fresh_seed()), make_windows(6, 32, _fresh_seed(), offset=10_000)

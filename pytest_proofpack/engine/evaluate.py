@@ -5,6 +5,10 @@ The subject is the baseline's model object with an edit applied in place, so the
 guard is
 run under :func:`_guarded`, so a guard that raises is recorded as an error and fails closed (invariants status
 ``error``, spectral/RMT not stable, no VE signal). No guard mutates the model or copies it.
+
+The RMT guard's hooked forward of the guard windows (the first preview windows) also yields their losses, and the
+preview arm of the metric takes them from there instead of running those windows again
+(:func:`shared_preview_rows`), in the baseline and in every subject alike.
 """
 
 from __future__ import annotations
@@ -86,25 +90,45 @@ def _guard_ids(preview: WindowSet, cfg: EngineConfig) -> Any:
     return preview.input_ids[: cfg.guard_windows]
 
 
+def shared_preview_rows(n_preview: int, guard_windows: int, batch_size: int) -> int:
+    """How many leading preview windows the guard forward evaluates in the batches the metric would use.
+
+    The guard windows are the first ``guard_windows`` preview windows, run ``batch_size`` at a time from the
+    first, like :func:`window_losses`: every whole batch matches, and so does a last partial batch when the
+    guard windows are the whole preview arm. Those rows' losses are taken from the guard forward (the same
+    computation on the same batch, so the same bits) instead of a second forward.
+    """
+    g = min(guard_windows, n_preview)
+    return g if g == n_preview else batch_size * (g // batch_size)
+
+
+def _preview_losses(
+    model: Any, preview: WindowSet, shared: list[float | None], kw: Mapping[str, Any]
+) -> list[float | None]:
+    """The preview arm's window losses: ``shared`` (the guard forward's) for its rows, then the rest."""
+    return shared + window_losses(model, preview, start=len(shared), **kw)
+
+
 def prepare_baseline(model: Any, preview: WindowSet, final: WindowSet, cfg: EngineConfig) -> BaselineState:
     """Per-window losses of both arms, invariants snapshot, per-matrix sigma, activation statistics."""
     t0 = time.perf_counter()
     kw: dict[str, Any] = {"batch_size": cfg.batch_size, "device": cfg.device}
-    pl, fl = window_losses(model, preview, **kw), window_losses(model, final, **kw)
-    t1 = time.perf_counter()
     snap = inv.snapshot(model)
     self_check = inv.validate(model, snap)
     sig = spectral.measure(model, cfg.seed)
     targets = rmt.activation_targets(model)
-    stats, chunks = rmt.capture(model, _guard_ids(preview, cfg), targets, chunk=VE_CHUNK, **kw)
+    cap = rmt.capture(model, _guard_ids(preview, cfg), targets, chunk=VE_CHUNK, **kw)
     acts = {
         t.key: {
             "module": t.module, "side": t.side, "family": t.family, "role": t.role, "layer": t.layer,
-            **stats[t.key],
+            **cap.stats[t.key],
         }
         for t in targets
-        if t.key in stats
+        if t.key in cap.stats
     }
+    t1 = time.perf_counter()
+    shared = cap.window_losses[: shared_preview_rows(len(preview), cfg.guard_windows, cfg.batch_size)]
+    pl, fl = _preview_losses(model, preview, shared, kw), window_losses(model, final, **kw)
     t2 = time.perf_counter()
     return BaselineState(
         config_digest=cfg.digest(),
@@ -115,13 +139,13 @@ def prepare_baseline(model: Any, preview: WindowSet, final: WindowSet, cfg: Engi
         invariants_self=self_check,
         spectral=sig,
         activations=acts,
-        guard_chunk_losses=chunks,
+        guard_chunk_losses=cap.chunk_losses,
         meta={
             "dtype": _dtype(model),
             "device": cfg.device,
             **_versions(),
             "guard_window_ids": list(preview.ids[: cfg.guard_windows]),
-            "seconds": {"metric": t1 - t0, "guards": t2 - t1},
+            "seconds": {"metric": t2 - t1, "guards": t1 - t0},
         },
     )
 
@@ -185,8 +209,10 @@ def _run_guards(
     cap, cap_err = timed("rmt", lambda: rmt.capture(model, ids, targets, chunk=VE_CHUNK, **kw))
     rmt_sec: dict[str, Any]
     var_sec: dict[str, Any]
+    shared: list[float | None] = []
     if cap is not None:
-        stats_now, chunks_now = cap
+        stats_now, chunks_now, window_now = cap
+        shared = window_now[: shared_preview_rows(len(preview), cfg.guard_windows, cfg.batch_size)]
         rmt_sec = rmt.compare(baseline.activations, stats_now, preset)
         var, var_err = timed(
             "variance",
@@ -226,7 +252,14 @@ def _run_guards(
         }
     post, post_err = timed("invariants", lambda: inv.validate(model, baseline.invariants))
     inv_sec = _invariants_section(pre, pre_err, post, post_err)
-    return {"invariants": inv_sec, "spectral": spec, "rmt": rmt_sec, "variance": var_sec, "seconds": seconds}
+    return {
+        "invariants": inv_sec,
+        "spectral": spec,
+        "rmt": rmt_sec,
+        "variance": var_sec,
+        "seconds": seconds,
+        "shared_preview_losses": shared,
+    }
 
 
 def _invariants_section(
@@ -289,8 +322,9 @@ def evaluate(
     t1 = time.perf_counter()
     kw: dict[str, Any] = {"batch_size": cfg.batch_size, "device": cfg.device}
     forward_error: str | None = None
+    shared: list[float | None] = guards["shared_preview_losses"]
     try:
-        sp, sf = window_losses(model, preview, **kw), window_losses(model, final, **kw)
+        sp, sf = _preview_losses(model, preview, shared, kw), window_losses(model, final, **kw)
     except (
         RuntimeError,
         IndexError,
@@ -346,6 +380,7 @@ def evaluate(
                 "n_preview": len(preview),
                 "n_final": len(final),
                 "guard_window_ids": list(preview.ids[: cfg.guard_windows]),
+                "preview_losses_from_guard_forward": len(shared),
             },
             "seeds": {
                 "engine": cfg.seed,

@@ -234,21 +234,34 @@ def _hooks_suspended(model: Any) -> Iterator[None]:
             module.__dict__[attr] = hooks
 
 
-def window_losses(model: Any, windows: WindowSet, *, batch_size: int, device: str) -> list[float | None]:
-    """Mean NLL of every window, in order; ``None`` where the loss is not finite.
+def window_losses(
+    model: Any, windows: WindowSet, *, batch_size: int, device: str, start: int = 0
+) -> list[float | None]:
+    """Mean NLL of every window from ``start`` on, in order; ``None`` where the loss is not finite.
 
-    Losses stay on the device until the end (one host transfer per call).
+    Windows run ``batch_size`` rows at a time, the first batch at row 0: ``start`` must be a multiple of
+    ``batch_size`` (or ``len(windows)``), so that the rows evaluated run in exactly the batches of a call with
+    ``start=0`` (and give the same bits). Losses stay on the device until the end (one host transfer per call).
     """
     import torch
 
+    if start < 0 or (start % batch_size and start != len(windows)) or start > len(windows):
+        raise ValueError(
+            f"window_losses: start={start} is not a batch boundary of {len(windows)} windows in batches of "
+            f"{batch_size}"
+        )
     chunks: list[torch.Tensor] = []
     with torch.inference_mode():
-        for start in range(0, len(windows), batch_size):
-            ids = windows.input_ids[start : start + batch_size].to(device)
+        for first in range(start, len(windows), batch_size):
+            ids = windows.input_ids[first : first + batch_size].to(device)
             chunks.append(token_nll(model, ids).mean(dim=1))
     if not chunks:
         return []
-    values = torch.cat(chunks).double().cpu().numpy()
+    return finite_or_none(torch.cat(chunks).double().cpu().numpy())
+
+
+def finite_or_none(values: Any) -> list[float | None]:
+    """``values`` (a 1-D float array) as floats, ``None`` where not finite."""
     return [float(v) if math.isfinite(float(v)) else None for v in values]
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pytest_proofpack.engine.config import DEFAULT_RMT_EPSILON, DEFAULT_RMT_EPSILON_BY_FAMILY
 from pytest_proofpack.models.adapters import weight_refs
@@ -119,21 +119,31 @@ def _edge_and_mean_square(x: Any) -> tuple[Any, Any]:
     return r, ms
 
 
+class Capture(NamedTuple):
+    """What one hooked forward of the guard windows yields."""
+
+    #: ``{target key: {r, mean_square}}``
+    stats: dict[str, dict[str, float | None]]
+    #: ``chunk_losses[w][c]``: mean NLL of chunk ``c`` of window ``w`` (see :func:`capture`)
+    chunk_losses: list[list[float | None]]
+    #: per-window mean NLL, computed exactly as :func:`~pytest_proofpack.engine.metric.window_losses` computes it
+    #: for the same rows in the same batches (the metric reuses them instead of a second forward)
+    window_losses: list[float | None]
+
+
 def capture(
     model: Any, input_ids: Any, targets: list[Target], *, batch_size: int, device: str, chunk: int
-) -> tuple[dict[str, dict[str, float | None]], list[list[float | None]]]:
-    """Run the guard windows once with hooks on ``targets``.
+) -> Capture:
+    """Run the guard windows once, ``batch_size`` rows at a time from the first, with hooks on ``targets``.
 
-    Returns ``({target key: {r, mean_square}}, chunk_losses)`` where ``chunk_losses[w][c]`` is the mean NLL of
-    chunk
-    ``c`` (consecutive predicted positions, ``numpy.array_split`` into ``ceil((L-1)/chunk)`` parts) of
-    window ``w``.
-    Hooks are always removed. The model is not modified.
+    ``chunk_losses[w][c]`` is the mean NLL of chunk ``c`` (consecutive predicted positions,
+    ``numpy.array_split`` into ``ceil((L-1)/chunk)`` parts) of window ``w``. Hooks are always removed. The
+    model is not modified.
     """
     import numpy as np
     import torch
 
-    from pytest_proofpack.engine.metric import token_nll
+    from pytest_proofpack.engine.metric import finite_or_none, token_nll
 
     modules = dict(model.named_modules())
     live = [t for t in targets if t.module in modules]
@@ -166,11 +176,14 @@ def capture(
         for t in live
     ]
     losses: list[Any] = []
+    means: list[Any] = []
     try:
         with torch.inference_mode():
             for start in range(0, int(input_ids.shape[0]), batch_size):
                 ids = input_ids[start : start + batch_size].to(device)
-                losses.append(token_nll(model, ids))
+                nll = token_nll(model, ids)
+                losses.append(nll)
+                means.append(nll.mean(dim=1))  # window_losses' reduction, in the same dtype
     finally:
         for h in handles:
             h.remove()
@@ -185,13 +198,14 @@ def capture(
             "r": float(r) if math.isfinite(r) else None,
             "mean_square": float(ms) if math.isfinite(ms) else None,
         }
-    nll = torch.cat(losses).double().cpu().numpy() if losses else np.zeros((0, 0))
-    n_chunks = max(1, math.ceil(nll.shape[1] / chunk)) if nll.size else 1
+    nll_all = torch.cat(losses).double().cpu().numpy() if losses else np.zeros((0, 0))
+    n_chunks = max(1, math.ceil(nll_all.shape[1] / chunk)) if nll_all.size else 1
     chunk_losses: list[list[float | None]] = []
-    for row in nll:
+    for row in nll_all:
         parts = [float(p.mean()) for p in np.array_split(row, n_chunks)]
         chunk_losses.append([p if math.isfinite(p) else None for p in parts])
-    return stats, chunk_losses
+    window = finite_or_none(torch.cat(means).double().cpu().numpy()) if means else []
+    return Capture(stats, chunk_losses, window)
 
 
 def epsilon_for(preset: Mapping[str, Any], family: str) -> tuple[float, str]:
