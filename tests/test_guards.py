@@ -349,3 +349,17 @@ def test_metric_takes_leading_preview_losses_from_the_guard_forward(monkeypatch:
     fresh = real(model, p, batch_size=4, device="cpu")
     assert rep["primary_metric"]["preview"] == math.exp(float(np.mean(np.asarray(fresh, dtype=np.float64))))
     assert rep["primary_metric"]["preview"] != rep["primary_metric"]["baseline_preview"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_checks_every_chunk(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    from pytest_proofpack.engine import finite
+
+    monkeypatch.setattr(finite, "CHUNK_ELEMENTS", 7)
+    t = torch.randn(13, 5).to(dtype)
+    assert bool(finite.all_finite(t)) and bool(finite.all_finite(t.t())) and bool(finite.all_finite(t[:0]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for pos in ((0, 0), (6, 3), (12, 4)):  # first chunk, a middle one, the last (partial) one
+            u = t.clone()
+            u[pos] = bad
+            assert not bool(finite.all_finite(u)) and not bool(finite.all_finite(u.t())), (bad, pos)

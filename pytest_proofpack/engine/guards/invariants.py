@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_proofpack.engine.finite import all_finite
 from pytest_proofpack.models.adapters import find_blocks, norm_modules, tied_pairs
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -78,7 +79,7 @@ def non_finite_tensors(model: Any) -> list[str]:
         for name, t in [*model.named_parameters(), *model.named_buffers()]:
             if t.is_floating_point() and t.numel():
                 names.append(name)
-                flags.append(~torch.isfinite(t).all())
+                flags.append(~all_finite(t))
     if not flags:
         return []
     bad = torch.stack([f.to("cpu") for f in flags]).tolist()

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from pytest_proofpack.engine.config import DEFAULT_SPECTRAL_THRESHOLD, SPECTRAL_FATAL_RATIO
+from pytest_proofpack.engine.finite import all_finite
 from pytest_proofpack.models.adapters import matrix, weight_refs
 
 EXACT_MAX_DIM: Final = 512
@@ -48,7 +49,7 @@ def sigma_max(w: Any, seed: int) -> dict[str, Any]:
 
     with torch.no_grad():
         a = w.detach().to(torch.float32)
-        if not bool(torch.isfinite(a).all()):
+        if not bool(all_finite(a)):
             return {"sigma": None, "method": "non_finite", "iters": 0, "residual": None, "converged": False}
         if min(a.shape) <= EXACT_MAX_DIM:
             # exact: top eigenvalue of the smaller float64 Gram matrix (faster and steadier than svdvals on

@@ -1,0 +1,28 @@
+"""``all_finite``: whether a tensor holds no NaN or Inf, without a full-size temporary.
+
+``torch.isfinite(t).all()`` materialises ``|t|`` in ``t``'s dtype and three boolean masks of ``t``'s size: for
+SmolLM2-135M's 49 152 x 576 fp32 embedding that is 189 MiB above the resting RSS for a check that reads 108 MiB
+(``bench/worker_memory.py``: the invariants guard and the first spectral measurement each raised a worker's peak
+by that much). Checking :data:`CHUNK_ELEMENTS` elements at a time gives the same answer with a bounded
+temporary: on that embedding the peak rose 33 MiB instead of 194 MiB (``VmHWM``, glibc mmap threshold pinned).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import torch
+
+#: Elements checked per step (16 MiB of fp32).
+CHUNK_ELEMENTS: Final = 1 << 22
+
+
+def all_finite(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d boolean tensor on ``t``'s device: ``True`` iff every element of ``t`` is finite (no host sync)."""
+    import torch
+
+    flat = t.detach().reshape(-1)
+    if flat.numel() <= CHUNK_ELEMENTS:
+        return torch.isfinite(flat).all()
+    return torch.stack([torch.isfinite(part).all() for part in flat.split(CHUNK_ELEMENTS)]).all()
