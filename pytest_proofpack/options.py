@@ -119,6 +119,9 @@ _SPECS: Final[tuple[_Spec, ...]] = (
     _Spec("rerun", _text, False, "recompute scenarios whose stored record matches the current config", flag=True),
     _Spec("save-models", _text, False, "also save each edited model as safetensors under the run directory",
           flag=True),
+    _Spec("backup-ram", _positive_int("backup-ram"), 64, "MiB of RAM a scenario's change may hold for the "
+          "bit-exact backups of the CPU tensors it touches; the rest goes to an unlinked scratch file under the "
+          "cache directory until the restore (0: all of it)", metavar="MIB"),
     _Spec("gpu-memory", _positive_float("gpu-memory"), None, "usable GiB per GPU (overrides NVML)", metavar="GB"),
     _Spec("timeout", _positive_float("timeout"), None, "seconds one scenario may take before it is an error",
           metavar="S"),
@@ -159,6 +162,7 @@ class Options:
     no_pack: bool
     rerun: bool
     save_models: bool
+    backup_ram: int
     gpu_memory: float | None
     timeout: float | None
     determinism: str

@@ -5,6 +5,8 @@ Estimate (bytes), documented so a user can check it by hand:
 * cache, per model not yet converted or downloaded: GGUF → ``params × 4`` (fp32 safetensors conversion);
   hub → ``params × 2`` (bf16 safetensors snapshot); local → 0;
 * cache, per model: token stream and baselines, ``64 MiB`` flat;
+* cache scratch: the largest model's ``params × 4``, what one change of every matrix may spill there
+  (``--proofpack-backup-ram``; counted once although each running worker may spill one change at a time);
 * run directory: ``2 MiB`` per scenario run (report, sidecars, record) plus the pack (the same again);
 * ``--proofpack-save-models``: ``params × 4`` per edited scenario run.
 
@@ -51,6 +53,7 @@ def estimate(cases: Sequence[Case], cache: Path, save_models: bool) -> tuple[int
         elif m.source == "hub":
             cache_need += int(m.params_b * 1e9 * 2)  # an upper bound: a cached snapshot is counted again
         cache_need += PER_MODEL_CACHE
+    cache_need += max((int(m.params_b * 1e9 * 4) for m in models.values()), default=0)
     run_need = 2 * PER_CASE * len(cases)
     if save_models:
         run_need += sum(int(c.model.params_b * 1e9 * 4) for c in cases if c.scenario.kind == "edit")

@@ -1,24 +1,32 @@
 """Reversible, in-place application of edits (and, through :class:`AppliedChange`, of faults).
 
 The model is never copied: before a weight matrix is changed, a clone of *that matrix only* is kept, and
-:meth:`AppliedChange.restore` copies it back bit for bit. Structural changes (swapped parameters or modules,
-config values) are recorded as attribute swaps and undone in reverse order. Math runs in fp32 on the weight's
-device and the result is cast back to the parameter's dtype.
+:meth:`AppliedChange.restore` copies it back bit for bit. A change keeps up to the process's backup budget of such
+clones in RAM (:func:`set_backup_policy`; the plugin sets ``--proofpack-backup-ram``); the clones beyond it are
+written to an unlinked scratch file as soon as their matrix is edited and read back by ``restore``, so an edit of
+every matrix does not hold a second copy of the model in memory while the subject is evaluated. Structural changes
+(swapped parameters or modules, config values) are recorded as attribute swaps and undone in reverse order. Math
+runs in fp32 on the weight's device and the result is cast back to the parameter's dtype.
 
-Speed (CPU): matrices up to :data:`SERIAL_MAX_NUMEL` elements are edited and restored with one torch intra-op
-thread each, and a ``thread_safe`` edit kind spreads them over ``torch.get_num_threads()`` worker threads
-(see :func:`_one_cpu_thread`). The metadata (changed count, relative error) costs one fused pass per matrix and
-one host sync per edit.
+Speed (CPU): matrices up to :data:`SERIAL_MAX_NUMEL` elements are edited and restored with one torch intra-op thread
+each, and a ``thread_safe`` edit kind spreads them over ``torch.get_num_threads()`` worker threads (see
+:func:`_one_cpu_thread`). The metadata (changed count, relative error) costs one fused pass per matrix and one host
+sync per edit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,6 +44,99 @@ _MISSING: Final = object()
 SERIAL_MAX_NUMEL: Final = 1 << 22
 
 
+@dataclass(frozen=True)
+class BackupPolicy:
+    """Where a change keeps the originals of the tensors it changes (process-wide, see :func:`set_backup_policy`).
+
+    ``ram_bytes``: bytes of CPU backups one change keeps in RAM; ``None`` keeps them all. Beyond it, CPU backups go
+    to an unlinked file in ``directory`` (the system's temporary directory when ``None``). Backups on an
+    accelerator always stay where they are.
+    """
+
+    ram_bytes: int | None = None
+    directory: Path | None = None
+
+
+_policy = BackupPolicy()
+
+
+def set_backup_policy(policy: BackupPolicy) -> BackupPolicy:
+    """Set the backup policy of the changes made from now on in this process; returns the previous one."""
+    global _policy
+    previous, _policy = _policy, policy
+    return previous
+
+
+def backup_policy() -> BackupPolicy:
+    return _policy
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of contiguous CPU tensor ``t`` (no copy)."""
+    import torch
+
+    return t.detach().reshape(-1).view(torch.uint8).numpy().data
+
+
+class _SpillFile:
+    """An append-only, unlinked scratch file of tensor bytes; thread-safe; gone when closed or the process ends."""
+
+    def __init__(self, directory: Path | None) -> None:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.TemporaryFile(prefix="proofpack-backup-", dir=directory)
+        self._end = 0
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._end
+
+    def write(self, t: torch.Tensor) -> int:
+        """Append ``t``'s bytes (``t`` contiguous, on the CPU); returns their offset."""
+        data = _as_bytes(t)
+        with self._lock:
+            offset, self._end = self._end, self._end + data.nbytes
+        done = 0
+        while done < data.nbytes:
+            done += os.pwrite(self._file.fileno(), data[done:], offset + done)
+        return offset
+
+    def read_into(self, t: torch.Tensor, offset: int) -> None:
+        """Fill contiguous CPU tensor ``t`` with the bytes written at ``offset``."""
+        data = _as_bytes(t)
+        done = 0
+        while done < data.nbytes:
+            n = os.preadv(self._file.fileno(), [data[done:]], offset + done)
+            if n <= 0:
+                raise OSError(f"backup scratch file {self._file.name}: short read at byte {offset + done}")
+            done += n
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Spilled:
+    """A backup written to a :class:`_SpillFile`: its place, shape and dtype."""
+
+    def __init__(self, spill: _SpillFile, saved: torch.Tensor) -> None:
+        self.spill, self.shape, self.dtype = spill, saved.shape, saved.dtype
+        self.offset = spill.write(saved)
+
+    def load(self) -> torch.Tensor:
+        import torch
+
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self.spill.read_into(out, self.offset)
+        return out
+
+    def copy_into(self, view: torch.Tensor) -> None:
+        if view.device.type == "cpu" and view.is_contiguous() and view.dtype == self.dtype:
+            self.spill.read_into(view, self.offset)  # straight into the weight: no temporary
+        else:
+            view.copy_(self.load())
+
+
 class AppliedChange:
     """A change applied in place to a model, with what is needed to undo it exactly.
 
@@ -48,27 +149,55 @@ class AppliedChange:
         self._undo: list[Callable[[], None]] = []
         self._restored = False
         self._serial_restore = True  # until a saved tensor is big or off the CPU (see _one_cpu_thread)
+        self._policy = backup_policy()
+        self._ram_bytes = 0
+        self._spill: _SpillFile | None = None
+        self._spill_lock = threading.Lock()
 
     @property
     def restored(self) -> bool:
         return self._restored
 
+    @property
+    def backup_bytes(self) -> dict[str, int]:
+        """Bytes of backups held in RAM (CPU and accelerator) and in the scratch file."""
+        return {"ram": self._ram_bytes, "spilled": self._spill.size if self._spill is not None else 0}
+
     def save_tensor(self, view: torch.Tensor, *, offload: bool = False) -> torch.Tensor:
         """Record ``view``'s current data (a clone) so that ``restore`` copies it back; returns the clone.
 
         ``offload=True`` keeps the clone in CPU memory (for changes that touch most of a GPU-resident model).
+        The clone may go to the scratch file (see :class:`BackupPolicy`); the returned tensor is then the
+        caller's alone.
         """
         saved = view.detach().to("cpu", copy=True) if offload else view.detach().clone()
-        self._record_copy(view, saved)
+        self._record_backup(view, self._keep(saved))
         return saved
 
-    def _record_copy(self, view: torch.Tensor, saved: torch.Tensor) -> None:
-        """Have ``restore`` copy ``saved`` (a private copy of ``view``'s data) back into ``view``."""
+    def _keep(self, saved: torch.Tensor) -> torch.Tensor | _Spilled:
+        """``saved`` itself while the RAM budget allows (or it is on an accelerator), else its spilled copy."""
+        nbytes = saved.numel() * saved.element_size()
+        limit = self._policy.ram_bytes
+        with self._spill_lock:  # apply_edit keeps backups from several threads
+            spill = saved.device.type == "cpu" and limit is not None and self._ram_bytes + nbytes > limit
+            if not spill:
+                self._ram_bytes += nbytes
+                return saved
+            if self._spill is None:
+                self._spill = _SpillFile(self._policy.directory)
+            target = self._spill
+        return _Spilled(target, saved.contiguous())
+
+    def _record_backup(self, view: torch.Tensor, backup: torch.Tensor | _Spilled) -> None:
+        """Have ``restore`` copy ``backup`` (a private copy of ``view``'s data, maybe spilled) back into ``view``."""
         if view.device.type != "cpu" or view.numel() > SERIAL_MAX_NUMEL:
             self._serial_restore = False
 
         def undo() -> None:
-            view.copy_(saved)
+            if isinstance(backup, _Spilled):
+                backup.copy_into(view)
+            else:
+                view.copy_(backup)
 
         self._undo.append(undo)
 
@@ -99,6 +228,8 @@ class AppliedChange:
             while self._undo:
                 self._undo.pop()()
         self._restored = True
+        if self._spill is not None:
+            self._spill.close()
 
     def __enter__(self) -> AppliedChange:
         return self
@@ -159,8 +290,8 @@ def _difference(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, tor
     return norms, torch.count_nonzero(delta != 0)
 
 
-Measured = tuple["torch.Tensor", "torch.Tensor", tuple["torch.Tensor", "torch.Tensor"]]
-"""``(new view, saved original, _difference(new, original))`` of one edited matrix."""
+Measured = tuple["torch.Tensor", "torch.Tensor | _Spilled | None", tuple["torch.Tensor", "torch.Tensor"]]
+"""``(new view, saved original (maybe spilled), _difference(new, original))`` of one edited matrix."""
 
 
 def _summarize(measured: list[Measured]) -> tuple[int, list[float]]:
@@ -188,6 +319,8 @@ def _summarize(measured: list[Measured]) -> tuple[int, list[float]]:
         if math.isfinite(diff):
             changed += int(count)
         else:
+            assert old is not None
+            old = old.load() if isinstance(old, _Spilled) else old
             changed += count_changed(new, old)
             delta = torch.nan_to_num(new.float() - old.float(), nan=0.0, posinf=0.0, neginf=0.0)
             diff = float(torch.linalg.vector_norm(delta))
@@ -234,19 +367,25 @@ def apply_edit(
     views = [matrix(model, ref) for ref in refs]
     serial = all(v.device.type == "cpu" and v.numel() <= SERIAL_MAX_NUMEL for v in views)
     workers = min(torch.get_num_threads(), len(views)) if serial and kind.thread_safe else 1
-    # Saved before the edit function runs: a (registered) function that writes into its input must not corrupt
-    # what restore() copies back.
-    originals = [v.detach().clone() for v in views]
     seeds = [derive_seed(seed, ref.key) for ref in refs]
+    # backups[i]: matrix i's original, cloned before the edit function runs (a registered function that writes into
+    # its input must not corrupt what restore() copies back); kept by the change (maybe spilled) once i is edited.
+    backups: list[torch.Tensor | _Spilled | None] = [None] * len(views)
 
     def edit_one(i: int) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor] | None]:
         with torch.no_grad():  # grad mode is per thread
+            original = views[i].detach().clone()
+            backups[i] = original
             new, stats = kind.fn(views[i].float(), params, seed=seeds[i])
             if stats.get("skipped"):
-                views[i].copy_(originals[i])
+                views[i].copy_(original)
+                backups[i] = None
                 return stats, None
             views[i].copy_(new.to(device=views[i].device, dtype=views[i].dtype))
-            return stats, _difference(views[i], originals[i])
+            del new
+            difference = _difference(views[i], original)
+            backups[i] = change._keep(original)
+            return stats, difference
 
     try:
         with _one_cpu_thread(serial):
@@ -258,19 +397,22 @@ def apply_edit(
                 results = [edit_one(i) for i in range(len(views))]
             with torch.no_grad():
                 changed, rel_errors = _summarize(
-                    [(views[i], originals[i], d) for i, (_, d) in enumerate(results) if d is not None]
+                    [(views[i], backups[i], d) for i, (_, d) in enumerate(results) if d is not None]
                 )
     except BaseException:
         with torch.no_grad():
-            for view, original in zip(views, originals, strict=True):
-                view.copy_(original)  # unedited ones too: bit-identical either way
+            for view, backup in zip(views, backups, strict=True):
+                if isinstance(backup, _Spilled):
+                    backup.copy_into(view)
+                elif backup is not None:
+                    view.copy_(backup)
         raise
-    for ref, view, original, (stats, difference) in zip(refs, views, originals, results, strict=True):
+    for ref, view, backup, (stats, difference) in zip(refs, views, backups, results, strict=True):
         in_scope += view.numel()
-        if difference is None:
+        if difference is None or backup is None:
             skipped.append({"module": ref.key, "reason": str(stats.get("reason", ""))})
             continue
-        change._record_copy(view, original)
+        change._record_backup(view, backup)
         touched.append(ref.key)
         if "energy_retained" in stats:
             energies.append(float(stats["energy_retained"]))

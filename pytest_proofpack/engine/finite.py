@@ -25,4 +25,4 @@ def all_finite(t: torch.Tensor) -> torch.Tensor:
     flat = t.detach().reshape(-1)
     if flat.numel() <= CHUNK_ELEMENTS:
         return torch.isfinite(flat).all()
-    return torch.stack([torch.isfinite(part).all() for part in flat.split(CHUNK_ELEMENTS)]).all()
+    return torch.stack([torch.isfinite(part).all() for part in torch.split(flat, CHUNK_ELEMENTS)]).all()
