@@ -14,6 +14,8 @@ checks that every parameter is bit-identical to the baseline again. ``ratio = ex
 bit-exact), and compares the fastest apply+restore with one evaluation of the same windows, timed before and
 after in the same process at the same thread count (the faster of the two is the denominator, so the
 percentage errs high). It keeps the effects of the last full run and replaces the timing section of its thread count.
+A change keeps its backups as a plugin worker does: ``--backup-ram`` MiB in RAM (default 64, the plugin's default),
+the rest in a scratch file in the system's temporary directory.
 
 Both write ``--out`` (markdown) and its ``.json`` twin atomically. Timings are wall clock on a shared machine:
 the load average before and after is recorded; compare columns of one run, not across runs.
@@ -39,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_proofpack.edits import apply_edit, parse_edit_spec
+from pytest_proofpack.edits.apply import BackupPolicy, set_backup_policy
 from pytest_proofpack.faults import apply_fault
 from pytest_proofpack.models.adapters import find_blocks
 
@@ -146,6 +149,9 @@ def main() -> int:
         metavar="N",
         help="skip perplexity; apply+restore each change N times and report min/median ms vs one evaluation",
     )
+    ap.add_argument("--backup-ram", type=int, default=64, metavar="MIB",
+                    help="RAM budget of a change's backups, the rest spilled to a scratch file, as the plugin's "
+                         "--proofpack-backup-ram (default 64, the plugin's default); -1 keeps them all in RAM")
     ap.add_argument("--date", default=datetime.date.today().isoformat(), help="date recorded with the figures")
     ap.add_argument(
         "--machine", default=f"{os.cpu_count()}-core CPU", help="machine description recorded with the timings"
@@ -154,6 +160,7 @@ def main() -> int:
 
 
     torch.set_num_threads(args.threads)
+    set_backup_policy(BackupPolicy(None if args.backup_ram < 0 else args.backup_ram << 20))
     from smoke_assets import model_and_tokens  # bench/ is on sys.path when run as a script
 
     model, tokens, model_name = model_and_tokens(ap, args.model, args.tokens)
