@@ -69,7 +69,11 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
                    for _ in range(runtime.ctx.options.repeats if is_repeat_case(case, runtime) else 0)]
     finally:
         with uninterrupted():  # a deadline expiring here waits: the next scenario needs the baseline weights
-            change.restore()
+            try:
+                change.restore()
+            except BaseException:
+                runtime.discard_model()  # its weights are no longer the baseline's: the next scenario reloads them
+                raise
     if result is None:
         raise EngineUnavailableError(
             "no evaluation engine is available: no pytest_proofpack_evaluate implementation returned a result; "

@@ -316,10 +316,19 @@ class ModelRuntime:
             atomic_write_json(self.ctx.run_dir / "reports" / self.entry.key / "calibration" / f"run_{i}" /
                               "calibration.json", run)
 
+    def discard_model(self) -> None:
+        """Drop the loaded model (a failed restore left it edited); the next use loads it again. Baselines and the
+        preset are statistics of the unedited model and stay valid."""
+        self._loaded = None
+        self._free()
+
     def close(self) -> None:
         """Drop the model and free accelerator memory."""
         self._loaded = None
         self._baselines.clear()
+        self._free()
+
+    def _free(self) -> None:
         import gc
 
         gc.collect()

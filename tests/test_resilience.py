@@ -142,3 +142,57 @@ def pytest_proofpack_register_edits(registry):
     fault = json.loads((pytester.path / "run" / "reports" / "tiny-a" / "ve_mlp_scale_skew" / "run_1" /
                         "evaluation.report.json").read_text())["edit"]
     assert float(fault["params"]["scale_factor"]) == 0.25
+
+
+def test_a_failed_restore_reloads_the_model_for_the_next_scenario(
+    pytester: pytest.Pytester, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore that raises leaves the weights edited: that scenario is an error and the next one, on the same
+    worker, runs on a freshly loaded model instead of the damaged one."""
+    conftest = ORACLE_CONFTEST + r'''
+import torch
+from pytest_proofpack.faults.registry import FaultOutcome
+
+def _broken_restore(model, ctx):
+    w = model.model.layers[0].mlp.down_proj.weight
+    ctx.change.save_tensor(w.data)
+    with torch.no_grad():
+        w.mul_(100.0)
+    def fail():
+        raise OSError("backup read failed (simulated)")
+    ctx.change.on_restore(fail)  # undone first, so the weight's own restore never runs
+    return FaultOutcome("scale", {}, ["model.layers.0.mlp.down_proj"], [0])
+
+def pytest_proofpack_register_faults(registry):
+    registry.register("broken_restore", _broken_restore)
+
+_plain = _report
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_proofpack_evaluate(case, runtime, change):
+    w = runtime.model.model.layers[0].mlp.down_proj.weight
+    with open(os.environ["PROOFPACK_TEST_LOG"], "a") as fh:
+        fh.write(f"weight {case.scenario.id} {float(w.abs().sum())!r}\n")
+    return _plain(case, change)
+'''
+    args = _args(pytester, model_dir, monkeypatch, conftest)
+    scen = {"schema": "proof_pack_scenarios_v1", "schema_version": 1, "scenarios": [
+        {"id": "broken_restore", "category": "error_injection", "strictness": "must_detect",
+         "intent": "fault_detection", "primary_guard": "invariants",
+         "generation": {"kind": "error", "error_type": "broken_restore"},
+         "requirements": {"detectors_any_of": [{"kind": "validation_flag", "flag": "invariants_pass",
+                                                "expected": False}]},
+         "suites": ["subset"]},
+        {"id": "quant_clean", "category": "clean", "strictness": "must_pass", "intent": "clean_control",
+         "primary_guard": "primary_metric", "generation": {"kind": "edit", "edit_spec": "quant_rtn:8:32:attn"},
+         "suites": ["subset"]}]}
+    (pytester.path / "scen.json").write_text(json.dumps(scen))
+    result = pytester.runpytest_subprocess(*args, "--proofpack-scenarios", str(pytester.path / "scen.json"),
+                                           "--proofpack-presets", str(_preset(pytester)))
+    result.assert_outcomes(passed=1, errors=1)
+    assert "backup read failed (simulated)" in _record(pytester, "broken_restore")["error_message"]
+    seen = [line.split() for line in (pytester.path / "calls.log").read_text().splitlines()
+            if line.startswith("weight ")]
+    assert [s[1] for s in seen] == ["broken_restore", "quant_clean"]
+    broken, clean = float(seen[0][2]), float(seen[1][2])
+    assert clean == pytest.approx(broken / 100.0, rel=1e-5)  # the clean scenario saw the reloaded, original weight
