@@ -155,6 +155,20 @@ def test_weight_tying_break_flips_tying(arch: str) -> None:
     _assert_same(model, before)
 
 
+def test_extreme_quant_in_row_chunks_equals_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_proofpack.faults import weights
+
+    monkeypatch.setattr(weights, "GRID_CHUNK_ELEMENTS", 100)  # a few rows per chunk, a partial last chunk
+    for model in (tiny_gpt2(seed=3, layers=2), tiny_llama(seed=3, layers=2).to(torch.bfloat16)):
+        originals = {r.key: matrix(model, r).detach().clone() for r in weight_refs(model)}
+        with apply_fault(model, "extreme_quant", {}):
+            for ref in weight_refs(model):
+                o = originals[ref.key].float()
+                scale = (o.abs().max() / 2).clamp_min(1e-10)
+                want = (torch.clamp(torch.round(o / scale), -2, 1) * scale).to(originals[ref.key].dtype)
+                assert torch.equal(matrix(model, ref), want), ref.key
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_weight_faults(arch: str) -> None:
     model = _model(arch)
@@ -165,7 +179,8 @@ def test_weight_faults(arch: str) -> None:
         assert ch.metadata["modified_count"] == len(originals)
         for ref in weight_refs(model):
             w, o = matrix(model, ref), originals[ref.key]
-            scale = float(o.abs().max()) / 2
+            scale = (o.abs().max() / 2).clamp_min(1e-10)
+            assert torch.equal(w, torch.clamp(torch.round(o / scale), -2, 1) * scale), ref.key  # the definition
             levels = torch.unique(torch.round(w / scale))
             assert set(levels.tolist()) <= {-2.0, -1.0, 0.0, 1.0} and torch.unique(w).numel() <= 4
     _assert_same(model, before)

@@ -19,9 +19,15 @@ RANK_COLLAPSE_MAX: Final = 8
 NORM_COLLAPSE_MAX: Final = 32
 
 
+#: Elements of a matrix put on the grid at once (bounds the fp32 working copy: 16 MiB instead of a whole embedding).
+GRID_CHUNK_ELEMENTS: Final = 1 << 22
+
+
 def extreme_quant(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """Every weight matrix (embeddings and head included) on a 4-level grid: ``clamp(round(w/s), -2, 1) * s``
-    with ``s = max|w| / 2`` per matrix. Originals are kept on the CPU (this touches the whole model)."""
+    with ``s = max|w| / 2`` per matrix. Originals are kept on the CPU (this touches the whole model). Rows are
+    processed :data:`GRID_CHUNK_ELEMENTS` elements at a time in one fp32 working copy (element-wise, so the result
+    is the same): whole-matrix temporaries of a 49 152 x 576 embedding raised a worker's peak by 216 MiB."""
     import torch
 
     from pytest_proofpack.models.adapters import matrix, weight_refs
@@ -31,9 +37,12 @@ def extreme_quant(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     for ref in refs:
         view = matrix(model, ref)
         ctx.change.save_tensor(view, offload=True)
-        w = view.float()
-        scale = (w.abs().max() / 2).clamp_min(1e-10)
-        view.copy_((torch.clamp(torch.round(w / scale), -2, 1) * scale).to(view.dtype))
+        lo, hi = torch.aminmax(view.detach())  # max|w| without a |w| temporary
+        scale = (torch.maximum(-lo, hi).float() / 2).clamp_min(1e-10)
+        rows = max(1, GRID_CHUNK_ELEMENTS // max(1, view.shape[-1]))
+        for part in torch.split(view, rows):
+            q = part.float().div(scale) if part.dtype != torch.float32 else part.div(scale)
+            part.copy_(q.round_().clamp_(-2, 1).mul_(scale).to(part.dtype))
     layers = sorted({r.layer for r in refs if r.layer is not None})
     return FaultOutcome(
         "grid4", {"levels": [-2, -1, 0, 1], "scale": "max|w|/2"}, [r.key for r in refs], layers
