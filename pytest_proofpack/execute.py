@@ -8,6 +8,7 @@ the next scenario of the same worker.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,15 +107,28 @@ def run_and_record(config: pytest.Config, case: Case, runtime: ModelRuntime, pro
 
 def execution_evidence(process: str, **extra: Any) -> dict[str, Any]:
     """Where a scenario ran, for its report's ``execution`` block: ``process`` (``worker`` or ``subprocess``),
-    pid, xdist worker id, ``CUDA_VISIBLE_DEVICES``/reserved devices as this process sees them, and ``extra``."""
+    pid, xdist worker id, ``CUDA_VISIBLE_DEVICES``/reserved devices as this process sees them, the process's peak
+    RSS so far (``peak_rss_mib``: the scenario where it jumps is the one that drove a worker's memory), and
+    ``extra``."""
     return {
         "process": process,
         "pid": os.getpid(),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "master"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "reserved_devices": os.environ.get(RESERVED_DEVICES_ENV),
+        "peak_rss_mib": peak_rss_mib(),
         **extra,
     }
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set size so far in MiB (``getrusage``); ``None`` where unavailable."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
 

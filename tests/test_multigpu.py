@@ -121,6 +121,7 @@ def test_two_gpu_model_runs_in_a_subprocess_seeing_both_devices(
     for report in small.values():
         ex = report["execution"]
         assert ex["process"] == "worker" and ex["cuda_visible_devices"] == ex["worker"][2:]
+        assert 50 < ex["peak_rss_mib"] < 64 * 1024  # a worker with torch loaded, in MiB
 
     # Independent evidence from inside the evaluation hook: where the engine really ran.
     where = _where(pytester)
