@@ -131,7 +131,6 @@ def peak_rss_mib() -> float | None:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
-
 def is_repeat_case(case: Case, runtime: ModelRuntime) -> bool:
     """``--proofpack-repeats`` re-evaluates run 1 of the suite's first must_pass scenario of each model."""
     first = next((s.id for s in runtime.ctx.catalog.scenarios if s.strictness == "must_pass"

@@ -137,6 +137,14 @@ class _Spilled:
             view.copy_(self.load())
 
 
+def _put_back(view: torch.Tensor, backup: torch.Tensor | _Spilled) -> None:
+    """Copy a backup (in RAM or spilled) back into the tensor it was taken from."""
+    if isinstance(backup, _Spilled):
+        backup.copy_into(view)
+    else:
+        view.copy_(backup)
+
+
 class AppliedChange:
     """A change applied in place to a model, with what is needed to undo it exactly.
 
@@ -193,13 +201,7 @@ class AppliedChange:
         if view.device.type != "cpu" or view.numel() > SERIAL_MAX_NUMEL:
             self._serial_restore = False
 
-        def undo() -> None:
-            if isinstance(backup, _Spilled):
-                backup.copy_into(view)
-            else:
-                view.copy_(backup)
-
-        self._undo.append(undo)
+        self._undo.append(lambda: _put_back(view, backup))
 
     def set_attr(self, obj: object, name: str, value: object) -> None:
         """``setattr(obj, name, value)``, remembering the old value (or its absence) for ``restore``."""
@@ -402,10 +404,8 @@ def apply_edit(
     except BaseException:
         with torch.no_grad():
             for view, backup in zip(views, backups, strict=True):
-                if isinstance(backup, _Spilled):
-                    backup.copy_into(view)
-                elif backup is not None:
-                    view.copy_(backup)
+                if backup is not None:
+                    _put_back(view, backup)
         raise
     for ref, view, backup, (stats, difference) in zip(refs, views, backups, results, strict=True):
         in_scope += view.numel()

@@ -103,10 +103,13 @@ def shared_preview_rows(n_preview: int, guard_windows: int, batch_size: int) -> 
 
 
 def _preview_losses(
-    model: Any, preview: WindowSet, shared: list[float | None], kw: Mapping[str, Any]
-) -> list[float | None]:
-    """The preview arm's window losses: ``shared`` (the guard forward's) for its rows, then the rest."""
-    return shared + window_losses(model, preview, start=len(shared), **kw)
+    model: Any, preview: WindowSet, guard_losses: list[float | None], cfg: EngineConfig
+) -> tuple[list[float | None], int]:
+    """The preview arm's window losses and how many came from ``guard_losses`` (the guard forward's per-window
+    losses, ``[]`` when it failed): those of :func:`shared_preview_rows`, then a forward of the rest."""
+    n = shared_preview_rows(len(preview), cfg.guard_windows, cfg.batch_size) if guard_losses else 0
+    rest = window_losses(model, preview, start=n, batch_size=cfg.batch_size, device=cfg.device)
+    return guard_losses[:n] + rest, n
 
 
 def prepare_baseline(model: Any, preview: WindowSet, final: WindowSet, cfg: EngineConfig) -> BaselineState:
@@ -127,8 +130,8 @@ def prepare_baseline(model: Any, preview: WindowSet, final: WindowSet, cfg: Engi
         if t.key in cap.stats
     }
     t1 = time.perf_counter()
-    shared = cap.window_losses[: shared_preview_rows(len(preview), cfg.guard_windows, cfg.batch_size)]
-    pl, fl = _preview_losses(model, preview, shared, kw), window_losses(model, final, **kw)
+    pl, _ = _preview_losses(model, preview, cap.window_losses, cfg)
+    fl = window_losses(model, final, **kw)
     t2 = time.perf_counter()
     return BaselineState(
         config_digest=cfg.digest(),
@@ -209,10 +212,8 @@ def _run_guards(
     cap, cap_err = timed("rmt", lambda: rmt.capture(model, ids, targets, chunk=VE_CHUNK, **kw))
     rmt_sec: dict[str, Any]
     var_sec: dict[str, Any]
-    shared: list[float | None] = []
     if cap is not None:
-        stats_now, chunks_now, window_now = cap
-        shared = window_now[: shared_preview_rows(len(preview), cfg.guard_windows, cfg.batch_size)]
+        stats_now, chunks_now, _ = cap
         rmt_sec = rmt.compare(baseline.activations, stats_now, preset)
         var, var_err = timed(
             "variance",
@@ -258,7 +259,7 @@ def _run_guards(
         "rmt": rmt_sec,
         "variance": var_sec,
         "seconds": seconds,
-        "shared_preview_losses": shared,
+        "guard_window_losses": cap.window_losses if cap is not None else [],
     }
 
 
@@ -322,9 +323,10 @@ def evaluate(
     t1 = time.perf_counter()
     kw: dict[str, Any] = {"batch_size": cfg.batch_size, "device": cfg.device}
     forward_error: str | None = None
-    shared: list[float | None] = guards["shared_preview_losses"]
+    n_shared = 0
     try:
-        sp, sf = _preview_losses(model, preview, shared, kw), window_losses(model, final, **kw)
+        sp, n_shared = _preview_losses(model, preview, guards["guard_window_losses"], cfg)
+        sf = window_losses(model, final, **kw)
     except (
         RuntimeError,
         IndexError,
@@ -380,7 +382,7 @@ def evaluate(
                 "n_preview": len(preview),
                 "n_final": len(final),
                 "guard_window_ids": list(preview.ids[: cfg.guard_windows]),
-                "preview_losses_from_guard_forward": len(shared),
+                "preview_losses_from_guard_forward": n_shared,
             },
             "seeds": {
                 "engine": cfg.seed,

@@ -41,8 +41,7 @@ def extreme_quant(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
         scale = (torch.maximum(-lo, hi).float() / 2).clamp_min(1e-10)
         rows = max(1, GRID_CHUNK_ELEMENTS // max(1, view.shape[-1]))
         for part in torch.split(view, rows):
-            q = part.float().div(scale) if part.dtype != torch.float32 else part.div(scale)
-            part.copy_(q.round_().clamp_(-2, 1).mul_(scale).to(part.dtype))
+            part.copy_(part.float().div(scale).round_().clamp_(-2, 1).mul_(scale).to(part.dtype))
     layers = sorted({r.layer for r in refs if r.layer is not None})
     return FaultOutcome(
         "grid4", {"levels": [-2, -1, 0, 1], "scale": "max|w|/2"}, [r.key for r in refs], layers
