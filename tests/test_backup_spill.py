@@ -51,7 +51,10 @@ def test_spilled_edit_backups_restore_bit_exactly(arch: str, budget: int, spill_
         in_scope = change.metadata["params_in_scope"]
         # every touched matrix's original is held exactly once, in RAM or in the file
         touched_bytes = held["ram"] + held["spilled"]
-        assert 0 < touched_bytes <= in_scope * 4, (spec, held)
+        if change.metadata["skipped"]:  # a rank-4 truncation leaves the [4, 32] MoE router alone: no backup
+            assert 0 < touched_bytes < in_scope * 4, (spec, held)
+        else:
+            assert touched_bytes == in_scope * 4, (spec, held)  # fp32 models
         assert list(spill_dir.iterdir()) == []  # the scratch file is unlinked: nothing left behind, even on a kill
         now = _bits(model)
         assert any(not torch.equal(now[k], v) for k, v in before.items()), spec
