@@ -35,9 +35,10 @@ naive
     data preparation (windows are built once, outside the timed part). Parallelism: N spawned worker
     processes (``multiprocessing`` pool, one scenario run per task, dynamic dispatch), each with the same
     torch thread count as a plugin worker, ``max(1, physical cores // N)`` (the value the plugin's scheduler
-    gives each ``-n`` worker; the bench passes it to both flows explicitly). This is the fair option: the
-    same number of processes each holding a model, the same cores per process. Wall time runs from the
-    pool's creation (worker start-up and imports included, like xdist's) to the last result.
+    gives each ``-n`` worker; the bench passes it to both flows explicitly), and the glibc tunables a plugin
+    worker starts with (``glibc.malloc.hugetlb=1``, :mod:`pytest_proofpack.malloc`). This is the fair option:
+    the same number of processes each holding a model, the same cores and malloc settings per process. Wall
+    time runs from the pool's creation (worker start-up and imports included, like xdist's) to the last result.
 
 Peak RSS: a sampler thread reads the RSS of every process of each flow's tree every 0.5 s (psutil) and
 reports the maximum per process: the pytest controller and each ``-n`` worker (its python child processes);
@@ -442,10 +443,22 @@ def run_naive(selected: list[Selected], work: Path, cache: Path, workers: int, t
     sampler.start()
     t0 = time.perf_counter()
     init_args = (threads, str(cache), prepared, str(tmp_root))
-    with ctx.Pool(workers, initializer=_naive_init, initargs=init_args) as pool:
-        results = list(pool.imap_unordered(naive_case, selected, chunksize=1))
-        pool.close()
-        pool.join()
+    from pytest_proofpack.malloc import worker_glibc_tunables
+
+    saved = os.environ.get("GLIBC_TUNABLES")
+    tunables = worker_glibc_tunables(os.environ)
+    if tunables is not None:  # the plugin's workers start with it; so does the pool (it inherits the environment)
+        os.environ["GLIBC_TUNABLES"] = tunables
+    try:
+        with ctx.Pool(workers, initializer=_naive_init, initargs=init_args) as pool:
+            results = list(pool.imap_unordered(naive_case, selected, chunksize=1))
+            pool.close()
+            pool.join()
+    finally:
+        if saved is None:
+            os.environ.pop("GLIBC_TUNABLES", None)
+        else:
+            os.environ["GLIBC_TUNABLES"] = saved
     wall = time.perf_counter() - t0
     sampler.stop()
     worker_pids = sorted({r["pid"] for r in results})

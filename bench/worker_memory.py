@@ -19,7 +19,10 @@ torch tensor storage alive at the end (a ``gc`` walk: model, backups, anything k
 by wrapping them in nested phases; a nested phase's peak is folded into its parent's.
 
     python bench/worker_memory.py [--suite smoke] [--runs SCENARIO:RUN,...] [--fresh] [--detail]
-                                  [--threads 1] [--tracemalloc] [--json OUT]
+                                  [--threads 1] [--tracemalloc] [--no-hugepages] [--json OUT]
+
+Like a plugin worker, the script runs with ``glibc.malloc.hugetlb=1`` added to ``GLIBC_TUNABLES`` (it starts itself
+again with it; ``--no-hugepages`` keeps the environment as it is).
 
 Linux only (``/proc``). The numbers are RSS of this one process, which is what a worker's peak is made of.
 """
@@ -198,9 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a plugin worker's share; default 1)")
     ap.add_argument("--tracemalloc", action="store_true", help="also trace Python/numpy allocation peaks")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--no-hugepages", action="store_true", help="do not start with the glibc tunables a plugin "
+                    "worker starts with (glibc.malloc.hugetlb=1, see pytest_proofpack.malloc)")
     a = ap.parse_args(argv)
     if a.threads < 1:
         ap.error("--threads must be >= 1")
+    if not a.no_hugepages:
+        from pytest_proofpack.malloc import worker_glibc_tunables
+
+        tunables = worker_glibc_tunables(os.environ)
+        if tunables is not None:  # glibc reads it at start: run this script again with it, as xdist starts a worker
+            os.environ["GLIBC_TUNABLES"] = tunables
+            args = sys.argv[1:] if argv is None else argv
+            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *args])
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}")
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PROOFPACK_TORCH_THREADS"):
         os.environ[name] = str(a.threads)  # before torch is imported, like a scheduled worker
     os.environ["CUDA_VISIBLE_DEVICES"] = ""

@@ -108,8 +108,8 @@ def run_and_record(config: pytest.Config, case: Case, runtime: ModelRuntime, pro
 def execution_evidence(process: str, **extra: Any) -> dict[str, Any]:
     """Where a scenario ran, for its report's ``execution`` block: ``process`` (``worker`` or ``subprocess``),
     pid, xdist worker id, ``CUDA_VISIBLE_DEVICES``/reserved devices as this process sees them, the process's peak
-    RSS so far (``peak_rss_mib``: the scenario where it jumps is the one that drove a worker's memory), and
-    ``extra``."""
+    RSS so far (``peak_rss_mib``: the scenario where it jumps is the one that drove a worker's memory), the
+    ``GLIBC_TUNABLES`` it started with (see :mod:`pytest_proofpack.malloc`), and ``extra``."""
     return {
         "process": process,
         "pid": os.getpid(),
@@ -117,6 +117,7 @@ def execution_evidence(process: str, **extra: Any) -> dict[str, Any]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "reserved_devices": os.environ.get(RESERVED_DEVICES_ENV),
         "peak_rss_mib": peak_rss_mib(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         **extra,
     }
 

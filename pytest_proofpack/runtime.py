@@ -106,35 +106,6 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
     )
 
 
-#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
-_M_MMAP_THRESHOLD = -3
-#: Blocks of at least this many bytes get their own mmap, unmapped on free (see :func:`pin_malloc_mmap_threshold`).
-MALLOC_MMAP_THRESHOLD = 1 << 20
-
-
-def pin_malloc_mmap_threshold() -> bool:
-    """Fix glibc's mmap threshold at :data:`MALLOC_MMAP_THRESHOLD` for this process; ``True`` if it applied.
-
-    glibc serves a block from its heap unless it exceeds the mmap threshold, and by default raises that threshold
-    (up to 32 MiB) each time a larger mmapped block is freed. After the first big tensor is freed, weight-matrix
-    backups and activations (1-30 MiB each) therefore come from the heap, and once freed they stay resident behind
-    fragmentation: a SmolLM2 worker held ~1 GB more than its live tensors after calibrating. A fixed threshold
-    (which also disables the adjustment) returns every such block to the OS when torch frees it. Not glibc (macOS,
-    musl): nothing to do, ``False``. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins (glibc reads it at start).
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018  # only glibc has it: musl's mallopt is a no-op stub
-    except (OSError, AttributeError):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD))
-
-
 def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -160,6 +131,7 @@ class ModelRuntime:
     @property
     def loaded(self) -> LoadedModel:
         if self._loaded is None:
+            from pytest_proofpack.malloc import pin_malloc_mmap_threshold
             from pytest_proofpack.models.sources import load_model
 
             pin_malloc_mmap_threshold()

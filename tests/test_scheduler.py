@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pytest_proofpack.malloc import glibc_version
 from pytest_proofpack.models import ModelEntry
 from pytest_proofpack.scheduling.gpus import CpuInventory, FakeInventory, GpuInventory
 from pytest_proofpack.scheduling.plan import PlanSettings
@@ -370,7 +371,8 @@ TESTFILE = textwrap.dedent(
         out = os.environ["RECORD_DIR"]
         line = "|".join([str(time.time()), os.environ.get("PYTEST_XDIST_WORKER", "?"),
                          os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), case,
-                         str(request.config.workerinput.get("proofpack_gpu"))])
+                         str(request.config.workerinput.get("proofpack_gpu")),
+                         os.environ.get("GLIBC_TUNABLES", "unset")])
         with open(os.path.join(out, case.replace(":", "_")), "w") as f:
             f.write(line)
         time.sleep(0.2)
@@ -385,6 +387,7 @@ def test_end_to_end_n_auto(pytester: pytest.Pytester, monkeypatch: pytest.Monkey
     monkeypatch.setenv("PROOFPACK_FAKE_GPUS", "2x80")
     monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_pp=TESTFILE)
@@ -393,6 +396,8 @@ def test_end_to_end_n_auto(pytester: pytest.Pytester, monkeypatch: pytest.Monkey
     result.stdout.fnmatch_lines(["*created: 2/2 workers*"])
     rows = sorted(p.read_text().split("|") for p in record.iterdir())
     assert len(rows) == 6
+    hugepages = glibc_version() is not None and glibc_version() >= (2, 35)  # type: ignore[operator]
+    expected_tunables = "glibc.malloc.arena_max=4" + (":glibc.malloc.hugetlb=1" if hugepages else "")
     by_worker: dict[str, list[list[str]]] = {}
     for row in rows:
         by_worker.setdefault(row[1], []).append(row)
@@ -400,6 +405,8 @@ def test_end_to_end_n_auto(pytester: pytest.Pytester, monkeypatch: pytest.Monkey
     for worker, worker_rows in by_worker.items():
         assert {r[2] for r in worker_rows} == {worker[2:]}  # CUDA_VISIBLE_DEVICES pinned per worker
         assert {r[4] for r in worker_rows} == {worker[2:]}  # workerinput["proofpack_gpu"]
+        # Workers start with transparent huge pages advised for malloc's mappings, the caller's tunables kept.
+        assert {r[5] for r in worker_rows} == {expected_tunables}
         for model in ("m-small", "m-big"):  # a worker runs a model's items in scenario order
             mine = [r[3] for r in sorted(worker_rows, key=lambda r: float(r[0])) if r[3].startswith(model + ":")]
             assert mine == sorted(mine), (worker, mine)

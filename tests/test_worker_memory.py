@@ -1,20 +1,22 @@
-"""A worker gives freed tensor memory back to the OS (glibc's mmap threshold pinned by the model runtime)."""
+"""A worker gives freed tensor memory back to the OS (glibc's mmap threshold pinned by the model runtime), and
+starts with huge pages advised for malloc's mappings."""
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from pytest_proofpack.malloc import glibc_version, worker_glibc_tunables
+
 # In a fresh process: glibc's dynamic threshold depends on everything the process freed before.
 PROBE = textwrap.dedent(
     """
     import re, sys
     import torch
-    from pytest_proofpack.runtime import pin_malloc_mmap_threshold
+    from pytest_proofpack.malloc import pin_malloc_mmap_threshold
 
     def rss():
         return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
@@ -34,24 +36,36 @@ PROBE = textwrap.dedent(
 )
 
 
-def _glibc() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
 def _retained_mib(mode: str) -> int:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not _glibc(), reason="the mmap threshold is a glibc setting")
+@pytest.mark.skipif(glibc_version() is None, reason="the mmap threshold is a glibc setting")
 def test_pinned_threshold_returns_freed_tensors_to_the_os() -> None:
     pinned = _retained_mib("pin")
     default = _retained_mib("default")
     assert pinned < 16  # 256 MiB of 4 MiB tensors freed: only the 4 MiB of small blocks may stay
     assert default > pinned + 128  # the control: glibc's default policy keeps them resident behind the small blocks
+
+
+def test_worker_tunables_add_hugetlb_and_keep_the_callers() -> None:
+    assert worker_glibc_tunables({}, (2, 36)) == "glibc.malloc.hugetlb=1"
+    assert worker_glibc_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 35)) == (
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    )
+    # The user's own setting wins, including "off"; an old glibc or another C library gets nothing.
+    assert worker_glibc_tunables({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36)) is None
+    assert worker_glibc_tunables({"GLIBC_TUNABLES": "a.b=1: glibc.malloc.hugetlb =1"}, (2, 36)) is None
+    assert worker_glibc_tunables({}, (2, 34)) is None
+    running = glibc_version()
+    expected = "glibc.malloc.hugetlb=1" if running is not None and running >= (2, 35) else None
+    assert worker_glibc_tunables({}) == expected  # the running C library decides
+
+
+@pytest.mark.skipif(glibc_version() is None, reason="glibc only")
+def test_glibc_version_is_the_running_one() -> None:
+    import platform
+
+    name, version = platform.libc_ver()
+    assert name == "glibc" and glibc_version() == tuple(int(p) for p in version.split(".")[:2])

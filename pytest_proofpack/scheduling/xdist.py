@@ -696,6 +696,7 @@ class SchedulingPlugin:
         self.plan_settings = plan_settings
         self.inventory = inventory
         self.scheduler: ProofpackScheduling | None = None
+        self._saved_tunables: tuple[str | None] | None = None
 
     def _reservations_path(self) -> Path | None:
         factory = getattr(self.config, "_tmp_path_factory", None)
@@ -722,10 +723,28 @@ class SchedulingPlugin:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Sequence[execnet.XSpec]) -> None:
+        from pytest_proofpack.malloc import worker_glibc_tunables
+
+        # glibc reads its tunables when a process starts, before execnet applies ``spec.env``: the workers
+        # (spawned after this hook) inherit the controller's environment, so it goes there.
+        # Put back in pytest_unconfigure (an in-process pytester run must not leak it into the caller).
+        tunables = worker_glibc_tunables(os.environ)
+        if tunables is not None:
+            self._saved_tunables = (os.environ.get("GLIBC_TUNABLES"),)
+            os.environ["GLIBC_TUNABLES"] = tunables
         for i, spec in enumerate(specs):
             env = worker_device_env(i, self.inventory, len(specs))
             # execnet applies ``spec.env`` in the fresh worker interpreter before any conftest runs.
             spec.env.update(env)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._saved_tunables is not None:
+            (previous,) = self._saved_tunables
+            if previous is None:
+                os.environ.pop("GLIBC_TUNABLES", None)
+            else:
+                os.environ["GLIBC_TUNABLES"] = previous
+            self._saved_tunables = None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
