@@ -363,3 +363,23 @@ def test_all_finite_checks_every_chunk(monkeypatch: pytest.MonkeyPatch, dtype: t
             u = t.clone()
             u[pos] = bad
             assert not bool(finite.all_finite(u)) and not bool(finite.all_finite(u.t())), (bad, pos)
+    # +inf and -inf together sum to NaN: still not finite.
+    u = t.clone()
+    u[1, 1], u[9, 2] = float("inf"), float("-inf")
+    assert not bool(finite.all_finite(u))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_all_finite_when_the_sum_overflows(dtype: torch.dtype) -> None:
+    """Finite values whose sum overflows are finite (the quick sum is only a shortcut, the chunked check decides)."""
+    from pytest_proofpack.engine import finite
+
+    big = torch.finfo(dtype).max
+    t = torch.full((64,), big, dtype=dtype)
+    if dtype != torch.float16:  # fp16's range is far inside the fp32 accumulator's
+        assert not torch.isfinite(t.sum(dtype=torch.float64 if dtype == torch.float64 else torch.float32))
+    assert bool(finite.all_finite(t))
+    t[37] = float("nan")
+    assert not bool(finite.all_finite(t))
+    if dtype == torch.float16:  # 64 x 1024 sums past fp16's range; accumulated in fp32 it stays finite
+        assert bool(finite.all_finite(torch.full((64,), 1024.0, dtype=dtype)))

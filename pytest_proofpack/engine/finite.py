@@ -5,6 +5,12 @@ SmolLM2-135M's 49 152 x 576 fp32 embedding that is 189 MiB above the resting RSS
 (``bench/worker_memory.py``: the invariants guard and the first spectral measurement each raised a worker's peak
 by that much). Checking :data:`CHUNK_ELEMENTS` elements at a time gives the same answer with a bounded
 temporary: on that embedding the peak rose 33 MiB instead of 194 MiB (``VmHWM``, glibc mmap threshold pinned).
+
+On the CPU a sum comes first: one reduction pass with no temporary at all, ~12x faster than the masks (SmolLM2's
+272 tensors: 0.04 s instead of 0.49 s, one thread). A NaN or Inf element makes an IEEE sum non-finite, and
+nothing makes a sum of finite values NaN, so a finite sum proves every element finite; a non-finite sum (a
+NaN/Inf element, or finite values whose sum overflows) is settled by the exact chunked check. On an accelerator
+that decision would need a host sync per tensor, so the chunked check runs directly there.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ def all_finite(t: torch.Tensor) -> torch.Tensor:
     import torch
 
     flat = t.detach().reshape(-1)
+    if flat.device.type == "cpu" and flat.is_floating_point():
+        acc = torch.float64 if flat.dtype == torch.float64 else torch.float32  # fp16 sums overflow at 65504
+        quick = torch.isfinite(flat.sum(dtype=acc))
+        if bool(quick):
+            return quick
     if flat.numel() <= CHUNK_ELEMENTS:
         return torch.isfinite(flat).all()
     return torch.stack([torch.isfinite(part).all() for part in torch.split(flat, CHUNK_ELEMENTS)]).all()
