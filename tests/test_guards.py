@@ -178,6 +178,27 @@ def test_anisotropic_row_blend_trips_rmt() -> None:
     assert rep["validation"]["invariants_pass"] is True
 
 
+def _exact_edge(x: torch.Tensor) -> float:
+    """The edge statistic by definition, in float64 with a dense eigensolver."""
+    a = x.double()
+    std = a.std(dim=0, unbiased=False)
+    keep = std > 1e-12 * std.max()
+    z = (a[:, keep] - a[:, keep].mean(dim=0)) / std[keep]
+    lam = float(torch.linalg.eigvalsh(z.t() @ z)[-1])
+    return math.sqrt(lam) / (math.sqrt(a.shape[0]) + math.sqrt(int(keep.sum())))
+
+
+@pytest.mark.parametrize(("m", "n"), [(256, 96), (96, 256), (40, 40), (300, 7)])
+def test_edge_statistic_is_the_top_singular_value_over_the_mp_edge(m: int, n: int) -> None:
+    g = torch.Generator().manual_seed(random.SystemRandom().randrange(2**31))
+    # correlated features (a few strong directions over noise), one constant feature dropped from n'
+    x = torch.randn(m, n, generator=g) + torch.randn(m, 3, generator=g) @ torch.randn(3, n, generator=g) * 0.7
+    x[:, 1] = 2.5
+    r, ms = rmt._edge_and_mean_square(x)
+    assert float(r) == pytest.approx(_exact_edge(x), rel=2e-5)
+    assert float(ms) == pytest.approx(float((x.double() ** 2).mean()), rel=1e-9)
+
+
 def _edge_stats(values: dict[str, float], family: str = "ffn") -> dict[str, dict[str, Any]]:
     return {m: {"family": family, "role": "ffn_down", "r": r, "mean_square": 1.0} for m, r in values.items()}
 
