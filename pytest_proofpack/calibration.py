@@ -147,50 +147,54 @@ def _alarm(rec: Mapping[str, Any], th: Mapping[str, Any], cfg: EngineConfig) -> 
     return out
 
 
-def calibrate(
+def calibration_run(
     model: Any,
     make_windows: WindowFactory,
-    baseline: BaselineState,
     cfg: EngineConfig,
+    run: int,
     *,
-    runs: int = 5,
     benign: BenignEdit | None = None,
 ) -> dict[str, Any]:
-    """Run ``runs`` calibration runs and return the preset (``proofpack_preset_v1``, JSON-able).
+    """Calibration run ``run`` (0-based): ``{"window": {seed, digests}, "records": [...]}``, JSON-able.
 
-    ``baseline`` is the model's main baseline; its config digest is recorded so a preset is never used with a
-    baseline made under another configuration. The model is left as it was found (``benign`` must restore it).
+    A run depends only on its index, the model and ``cfg``, so runs can be computed by different processes and
+    assembled by :func:`assemble` in index order. The model is left as it was found.
     """
-    from pytest_proofpack import ENGINE_VERSION
-
-    if runs < 1:
-        raise PresetError("calibration runs must be >= 1; raise --proofpack-calibration-runs")
-    records: list[dict[str, Any]] = []
-    windows: list[dict[str, Any]] = []
+    seed = cfg.seed + RUN_SEED_STRIDE * (run + 1)
+    run_cfg = dataclasses.replace(cfg, seed=seed)
+    preview, final = make_windows(seed)
+    window = {"seed": seed, "preview_digest": preview.digest, "final_digest": final.digest}
+    state = prepare_baseline(model, preview, final, run_cfg)
+    ctx: dict[str, object] = {"model": None, "scenario": "calibration", "run": run, "edit": None, "probes": []}
     # On the CPU a forward pass is deterministic: a null run re-evaluates the baseline and its statistics are
     # exactly zero, so with benign edits available it adds cost and no information and is skipped.
     deterministic = str(cfg.device).startswith("cpu")
-    for run in range(runs):
-        seed = cfg.seed + RUN_SEED_STRIDE * (run + 1)
-        run_cfg = dataclasses.replace(cfg, seed=seed)
-        preview, final = make_windows(seed)
-        windows.append({"seed": seed, "preview_digest": preview.digest, "final_digest": final.digest})
-        state = prepare_baseline(model, preview, final, run_cfg)
-        ctx: dict[str, object] = {
-            "model": None,
-            "scenario": "calibration",
-            "run": run,
-            "edit": None,
-            "probes": [],
-        }
-        if benign is None or not deterministic:
-            records.append(
-                _record("null", run, evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report)
-            )
-        if benign is not None:
-            with benign(model, run):
-                rep = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
-            records.append(_record("benign", run, rep))
+    records: list[dict[str, Any]] = []
+    if benign is None or not deterministic:
+        records.append(_record("null", run, evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report))
+    if benign is not None:
+        with benign(model, run):
+            rep = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
+        records.append(_record("benign", run, rep))
+    return {"window": window, "records": records}
+
+
+def assemble(
+    parts: list[dict[str, Any]], baseline: BaselineState, cfg: EngineConfig, *, benign: bool
+) -> dict[str, Any]:
+    """The preset (``proofpack_preset_v1``, JSON-able) from the :func:`calibration_run` results of runs
+    ``0..len(parts)-1``, in that order.
+
+    ``baseline`` is the model's main baseline; its config digest is recorded so a preset is never used with a
+    baseline made under another configuration.
+    """
+    from pytest_proofpack import ENGINE_VERSION
+
+    if not parts:
+        raise PresetError("calibration runs must be >= 1; raise --proofpack-calibration-runs")
+    records = [dict(r) for part in parts for r in part["records"]]
+    windows = [part["window"] for part in parts]
+    deterministic = str(cfg.device).startswith("cpu")
     th = derive(records)
     th["spectral"]["max_caps"] = cfg.max_caps
     alarms = [_alarm(r, th, cfg) for r in records]
@@ -210,9 +214,9 @@ def calibrate(
         "baseline_config_digest": baseline.config_digest,
         **th,
         "calibration": {
-            "runs": runs,
-            "benign": benign is not None,
-            "null_runs_skipped": benign is not None and deterministic,
+            "runs": len(parts),
+            "benign": benign,
+            "null_runs_skipped": benign and deterministic,
             "n_evaluations": len(records),
             "windows": windows,
             "achieved_null_false_alarm_rate": sum(1 for a in alarms if a) / len(records),
@@ -220,6 +224,25 @@ def calibrate(
             "records": records,
         },
     }
+
+
+def calibrate(
+    model: Any,
+    make_windows: WindowFactory,
+    baseline: BaselineState,
+    cfg: EngineConfig,
+    *,
+    runs: int = 5,
+    benign: BenignEdit | None = None,
+) -> dict[str, Any]:
+    """Run ``runs`` calibration runs in this process and return the preset (see :func:`assemble`).
+
+    The model is left as it was found (``benign`` must restore it).
+    """
+    if runs < 1:
+        raise PresetError("calibration runs must be >= 1; raise --proofpack-calibration-runs")
+    parts = [calibration_run(model, make_windows, cfg, run, benign=benign) for run in range(runs)]
+    return assemble(parts, baseline, cfg, benign=benign is not None)
 
 
 def check_preset(preset: Mapping[str, Any], source: str = "preset") -> None:

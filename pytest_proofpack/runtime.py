@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pytest_proofpack import ENGINE_VERSION
 from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
@@ -104,6 +104,55 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
         f"--proofpack-dataset: {value!r} is neither a dataset of suites.yaml ({', '.join(datasets)}) nor "
         "provider:arg (local_text:FILE, local_jsonl:FILE, hf_text:NAME)"
     )
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is absent or corrupt (a corrupt entry is recomputed)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items ``0..n-1``, each computed once across processes and kept as ``<directory>/part_<i>.json``.
+
+    A first pass takes every item that no other process holds (a non-blocking FileLock per item) and computes it
+    unless it is on disk; a second pass waits for the items that were held and reads them. Workers that reach the
+    same uncalibrated model together therefore split its calibration runs instead of one computing them all while
+    the others wait. An item is stored in its JSON form, so every process gets the same values.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[int, dict[str, Any]] = {}
+
+    def attempt(i: int, blocking: bool) -> dict[str, Any] | None:
+        path = directory / f"part_{i}.json"
+        lock = FileLock(str(path) + ".lock")
+        try:
+            lock.acquire(blocking=blocking)
+        except Timeout:
+            return None
+        try:
+            data = _read_json_object(path)
+            if data is None:
+                data = json.loads(json.dumps(compute(i)))
+                atomic_write_json(path, data)
+            return data
+        finally:
+            lock.release()
+
+    for i in range(n):
+        got = attempt(i, blocking=False)
+        if got is not None:
+            out[i] = got
+    for i in range(n):
+        if i not in out:
+            got = attempt(i, blocking=True)
+            if got is None:  # pragma: no cover - a blocking acquire returns or raises
+                raise ProofpackError(f"{directory}: part {i} could not be locked")
+            out[i] = got
+    return [out[i] for i in range(n)]
 
 
 def _digest(*parts: object) -> str:
@@ -195,13 +244,9 @@ class ModelRuntime:
         path = self.ctx.cache / kind / f"{digest}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            if path.is_file():
-                try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                    if isinstance(data, dict):
-                        return data
-                except ValueError:
-                    pass  # a corrupt cache entry is recomputed, never trusted
+            cached = _read_json_object(path)  # a corrupt cache entry is recomputed, never trusted
+            if cached is not None:
+                return cached
             data = compute()
             atomic_write_json(path, data)
             return data
@@ -259,22 +304,35 @@ class ModelRuntime:
             digest = _digest("preset", self.baseline_digest(), runs, benign.BENIGN_SPECS, calibration.FLOORS,
                              calibration.MARGIN, calibration.RUN_SEED_STRIDE)
             t0 = time.perf_counter()
-            preset = self._cached("presets", digest, lambda: self._calibrate(runs))
+            found = _read_json_object(self.ctx.cache / "presets" / f"{digest}.json")
+            if found is None:
+                # The runs are shared out first (no preset lock held), then one worker assembles the preset.
+                parts = self._calibration_parts(digest, runs)
+                base = self.baseline()  # before the preset lock: never wait for a baseline while holding it
+                found = self._cached("presets", digest, lambda: self._assemble_preset(parts, base))
+            preset = found
             self.ctx.timings[f"calibration:{self.entry.key}"] = time.perf_counter() - t0
         self._publish_preset(preset)
         return preset
 
-    def _calibrate(self, runs: int) -> dict[str, Any]:
+    def _calibration_parts(self, digest: str, runs: int) -> list[dict[str, Any]]:
         from pytest_proofpack.benign import benign_edits
-        from pytest_proofpack.calibration import calibrate
+        from pytest_proofpack.calibration import calibration_run
 
         # Calibration windows use seeds disjoint from the evaluation seed, so no scenario is judged on the
         # very windows its thresholds were fitted on.
         base_seed = self.ctx.options.seed + 1000
-        preset: dict[str, Any] = dict(calibrate(
-            self.model, lambda i: self.make_windows(base_seed + i), self.baseline(), self.engine,
-            runs=runs, benign=benign_edits(self.model),
-        ))
+
+        def run(i: int) -> dict[str, Any]:
+            return calibration_run(self.model, lambda seed: self.make_windows(base_seed + seed), self.engine, i,
+                                   benign=benign_edits(self.model))
+
+        return shared_parts(self.ctx.cache / "presets" / f"{digest}.runs", runs, run)
+
+    def _assemble_preset(self, parts: list[dict[str, Any]], base: Any) -> dict[str, Any]:
+        from pytest_proofpack.calibration import assemble
+
+        preset = assemble(parts, base, self.engine, benign=True)
         preset.setdefault("model", {"key": self.entry.key, "hub_id": self.entry.hub_id})
         return preset
 
