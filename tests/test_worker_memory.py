@@ -69,3 +69,23 @@ def test_glibc_version_is_the_running_one() -> None:
 
     name, version = platform.libc_ver()
     assert name == "glibc" and glibc_version() == tuple(int(p) for p in version.split(".")[:2])
+
+
+def test_controller_sets_the_tunables_for_its_workers_and_puts_them_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from pytest_proofpack.scheduling.gpus import CpuInventory
+    from pytest_proofpack.scheduling.plan import PlanSettings
+    from pytest_proofpack.scheduling.xdist import SchedulingPlugin
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    plugin = SchedulingPlugin(None, {}, PlanSettings(), CpuInventory())  # type: ignore[arg-type]
+    plugin.pytest_xdist_setupnodes(None, [])  # type: ignore[arg-type]
+    expected = worker_glibc_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert os.environ["GLIBC_TUNABLES"] == (expected or "glibc.malloc.arena_max=2")
+    plugin.pytest_unconfigure(None)  # type: ignore[arg-type]
+    assert os.environ["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    plugin.pytest_xdist_setupnodes(None, [])  # type: ignore[arg-type]
+    plugin.pytest_unconfigure(None)  # type: ignore[arg-type]
+    assert "GLIBC_TUNABLES" not in os.environ
