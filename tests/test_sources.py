@@ -261,3 +261,28 @@ def test_real_smollm2_through_gguf_source() -> None:
     assert torch.isfinite(out.logits).all()
     # A real language model on Shakespeare: perplexity far below uniform over a 49k vocabulary.
     assert 1.0 < float(out.loss.exp()) < 500.0
+
+
+@pytest.mark.slow
+def test_gguf_conversion_keeps_every_dequantised_tensor(tmp_path: Path) -> None:
+    """The converted directory holds exactly what transformers dequantises from the GGUF file (every tensor bit for
+    bit, the tied head still tied, no meta tensor left), made with one copy of the weights in memory."""
+    from transformers import AutoModelForCausalLM
+
+    from pytest_proofpack.models.sources import convert_gguf
+
+    ref = _gguf_asset()
+    fetched = require_fetched(*smoke_asset_names())[ref.name]
+    (gguf,) = sorted(fetched.rglob("*.gguf"))
+    out = convert_gguf(gguf, tmp_path / "converted")
+    direct = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    converted = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
+    want, got = direct.state_dict(), converted.state_dict()
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) and got[k].dtype == torch.float32 for k in want)
+    assert all(not t.is_meta for t in [*converted.parameters(), *converted.buffers()])
+    emb, head = converted.get_input_embeddings().weight, converted.get_output_embeddings().weight
+    assert (emb.data_ptr() == head.data_ptr()) == bool(getattr(converted.config, "tie_word_embeddings", False))
+    assert not hasattr(converted.config, "quantization_config")
