@@ -220,7 +220,7 @@ class ModelRuntime:
                                base_dir=self.ctx.catalog.paths["suites"].parent)
             self.corpus_desc = corpus.source_desc
             self.corpus_digest = corpus.digest
-            self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache)
+            self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache, isolate=True)
         return self._tokens
 
     def make_windows(self, seed: int) -> tuple[WindowSet, WindowSet]:

@@ -341,6 +341,28 @@ def test_cached_local_corpus_loads_without_importing_datasets(tmp_path: Path) ->
 # --- tokenization -------------------------------------------------------------------------------------------
 
 
+def test_tokenize_corpus_in_a_child_process_gives_the_same_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_proofpack.data import providers
+
+    rng = _rng()
+    docs = [_random_words(rng, 40) for _ in range(3)]
+    tok = _tiny_tokenizer(corpus=" ".join(docs))
+    corpus = CorpusText.from_documents(docs, "test")
+    here = tokenize_corpus(corpus, tok, cache=tmp_path / "here")
+    with monkeypatch.context() as m:  # this process must not tokenize: the child does
+        m.setattr(providers, "_token_stream", lambda *a: pytest.fail("tokenized in the parent"))
+        isolated = tokenize_corpus(corpus, tok, cache=tmp_path / "child", isolate=True)
+    np.testing.assert_array_equal(isolated, here)
+    assert isolated.dtype == np.int64 and len(list((tmp_path / "child" / "tokens").glob("*.npy"))) == 1
+    # A tokenizer the child cannot receive: the same stream, made here, with a warning that says why.
+    tok.unpicklable = lambda: None
+    with pytest.warns(RuntimeWarning, match="cannot be pickled"):
+        fallback = tokenize_corpus(corpus, tok, cache=tmp_path / "fallback", isolate=True)
+    np.testing.assert_array_equal(fallback, here)
+
+
 def test_tokenize_corpus_joins_documents_with_eos_and_caches(tmp_path: Path) -> None:
     rng = _rng()
     docs = [_random_words(rng, 30) for _ in range(3)]

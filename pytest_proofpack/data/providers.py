@@ -525,15 +525,78 @@ def _load_tokens(path: Path) -> npt.NDArray[np.int64]:
     return arr
 
 
-def tokenize_corpus(corpus: CorpusText, tokenizer: Any, *, cache: Path) -> npt.NDArray[np.int64]:
+def _token_stream(documents: Sequence[str], tokenizer: Any, eos: int | None) -> npt.NDArray[np.int64]:
+    import numpy as np
+
+    stream: list[int] = []
+    for i, doc in enumerate(documents):
+        if i and eos is not None:
+            stream.append(int(eos))
+        stream.extend(_encode(tokenizer, doc))
+    return np.asarray(stream, dtype=np.int64)
+
+
+def _write_tokens(path: Path, arr: npt.NDArray[np.int64]) -> None:
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _tokenize_job() -> None:
+    """Entry point of the child process of :func:`tokenize_corpus` with ``isolate=True``: ``argv[1]`` is a pickle
+    of ``(out path, documents, tokenizer, eos)``."""
+    import pickle
+    import sys
+
+    with open(sys.argv[1], "rb") as fh:
+        path, documents, tokenizer, eos = pickle.load(fh)  # our own file, written just before
+    _write_tokens(Path(path), _token_stream(documents, tokenizer, eos))
+
+
+def _tokenize_in_child(path: Path, documents: Sequence[str], tokenizer: Any, eos: int | None) -> str | None:
+    """Run :func:`_tokenize_job` in a fresh interpreter; ``None`` on success, else why it failed."""
+    import pickle
+    import subprocess
+    import sys
+
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory(prefix=".tokenize.", dir=path.parent) as tmp:
+        job = Path(tmp) / "job.pickle"
+        try:
+            with open(job, "wb") as fh:
+                pickle.dump((str(path), tuple(documents), tokenizer, eos), fh)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            return f"the tokenizer cannot be pickled ({exc})"
+        code = "from pytest_proofpack.data.providers import _tokenize_job; _tokenize_job()"
+        done = subprocess.run([sys.executable, "-c", code, str(job)], env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not path.is_file():
+        tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        return tail[0]
+    return None
+
+
+def tokenize_corpus(
+    corpus: CorpusText, tokenizer: Any, *, cache: Path, isolate: bool = False
+) -> npt.NDArray[np.int64]:
     """One int64 token stream for ``corpus``: each document tokenized without special tokens, documents
     joined by the tokenizer's EOS id when it has one (no BOS is added).
 
     Cached as ``<cache>/tokens/<sha256(digest, tokenizer fingerprint, eos)>.npy`` under a FileLock with an
-    atomic write; a second call loads the file.
+    atomic write; a second call loads the file. ``isolate=True`` tokenizes in a short-lived child interpreter
+    (the same code; in this process if the child fails): a fast tokenizer encoding a whole corpus at once builds
+    per-token structures several hundred MiB large, and a model worker would keep much of that resident
+    afterwards (SmolLM2 on the 5 MB Shakespeare corpus: peak +796 MiB, +413 MiB still resident after;
+    ``bench/RESULTS.md``).
     """
-    import numpy as np
-
     eos = getattr(tokenizer, "eos_token_id", None)
     key = hashlib.sha256(f"{corpus.digest}:{tokenizer_fingerprint(tokenizer)}:eos={eos}".encode()).hexdigest()
     path = cache / "tokens" / f"{key}.npy"
@@ -543,18 +606,15 @@ def tokenize_corpus(corpus: CorpusText, tokenizer: Any, *, cache: Path) -> npt.N
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return _load_tokens(path)
-        stream: list[int] = []
-        for i, doc in enumerate(corpus.docs):
-            if i and eos is not None:
-                stream.append(int(eos))
-            stream.extend(_encode(tokenizer, doc))
-        arr = np.asarray(stream, dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return arr
+        if isolate:
+            why = _tokenize_in_child(path, corpus.docs, tokenizer, eos)
+            if why is None:
+                return _load_tokens(path)
+            import warnings
+
+            # The child could not do it (an unpicklable tokenizer, a failed import): the same result, made here.
+            warnings.warn(f"tokenizing the corpus in a child process failed ({why}); tokenizing in this process",
+                          RuntimeWarning, stacklevel=2)
+        arr = _token_stream(corpus.docs, tokenizer, eos)
+        _write_tokens(path, arr)
+        return arr
