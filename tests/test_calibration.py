@@ -184,7 +184,7 @@ while len(list(root.glob("ready_*"))) < 2:  # start together
     time.sleep(0.005)
 
 def compute(i):
-    time.sleep(0.3)
+    time.sleep(0.5)
     return {"i": i, "pid": os.getpid()}
 
 print(json.dumps(shared_parts(root / "parts", 6, compute)))
