@@ -25,6 +25,16 @@ RUN_SCHEMA: Final = "proofpack_run_v1"
 OUTCOMES: Final = ("passed", "failed", "error", "skipped")
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is absent, unreadable, corrupt or not an object (a cache
+    entry in that state is recomputed, never trusted)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 
 from pytest_proofpack import ENGINE_VERSION
 from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
-from pytest_proofpack.results import atomic_write_json, atomic_write_text
+from pytest_proofpack.results import atomic_write_json, atomic_write_text, read_json_object
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,15 +106,6 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
     )
 
 
-def _read_json_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` when it is absent or corrupt (a corrupt entry is recomputed)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
     """Items ``0..n-1``, each computed once across processes and kept as ``<directory>/part_<i>.json``.
 
@@ -134,7 +125,7 @@ def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any
         except Timeout:
             return None
         try:
-            data = _read_json_object(path)
+            data = read_json_object(path)
             if data is None:
                 data = json.loads(json.dumps(compute(i)))
                 atomic_write_json(path, data)
@@ -244,7 +235,7 @@ class ModelRuntime:
         path = self.ctx.cache / kind / f"{digest}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
-            cached = _read_json_object(path)  # a corrupt cache entry is recomputed, never trusted
+            cached = read_json_object(path)  # a corrupt cache entry is recomputed, never trusted
             if cached is not None:
                 return cached
             data = compute()
@@ -304,7 +295,7 @@ class ModelRuntime:
             digest = _digest("preset", self.baseline_digest(), runs, benign.BENIGN_SPECS, calibration.FLOORS,
                              calibration.MARGIN, calibration.RUN_SEED_STRIDE)
             t0 = time.perf_counter()
-            found = _read_json_object(self.ctx.cache / "presets" / f"{digest}.json")
+            found = read_json_object(self.ctx.cache / "presets" / f"{digest}.json")
             if found is None:
                 # The runs are shared out first (no preset lock held), then one worker assembles the preset.
                 parts = self._calibration_parts(digest, runs)

@@ -33,7 +33,7 @@ from filelock import FileLock
 from pytest_proofpack.assets import require_asset
 from pytest_proofpack.errors import CatalogError, MissingAssetError, ProofpackError
 from pytest_proofpack.models import AssetRef
-from pytest_proofpack.results import atomic_write_text
+from pytest_proofpack.results import atomic_write_text, read_json_object
 
 if TYPE_CHECKING:
     import numpy as np
@@ -454,11 +454,8 @@ def _doc_cache_path(cache: Path, key: str) -> Path:
 
 def _read_doc_cache(path: Path, key: str) -> tuple[list[str], str] | None:
     """The cached ``(documents, source_desc)`` for ``key``, or ``None`` (absent, unreadable or another key)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != _DOC_CACHE_FORMAT or data.get("key") != key:
+    data = read_json_object(path)
+    if data is None or data.get("format") != _DOC_CACHE_FORMAT or data.get("key") != key:
         return None
     docs, desc = data.get("documents"), data.get("source_desc")
     if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs) or not isinstance(desc, str):
