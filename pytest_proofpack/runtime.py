@@ -14,6 +14,7 @@ and closed when the worker moves on to another model. Everything expensive is co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -106,43 +107,43 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
     )
 
 
+def _load_or_compute(
+    path: Path, compute: Callable[[], dict[str, Any]], *, blocking: bool = True
+) -> dict[str, Any] | None:
+    """``path``'s JSON object, or ``compute()`` stored there atomically, under ``path``'s FileLock (a corrupt entry
+    is recomputed, never trusted). Either way the value comes back in its JSON form, so every process sees the
+    same numbers. ``None`` only when ``blocking`` is false and another process holds the lock."""
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(blocking=blocking)
+    except Timeout:
+        return None
+    try:
+        data = read_json_object(path)
+        if data is None:
+            data = json.loads(json.dumps(compute()))
+            atomic_write_json(path, data)
+        return data
+    finally:
+        lock.release()
+
+
 def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
     """Items ``0..n-1``, each computed once across processes and kept as ``<directory>/part_<i>.json``.
 
     A first pass takes every item that no other process holds (a non-blocking FileLock per item) and computes it
     unless it is on disk; a second pass waits for the items that were held and reads them. Workers that reach the
     same uncalibrated model together therefore split its calibration runs instead of one computing them all while
-    the others wait. An item is stored in its JSON form, so every process gets the same values.
+    the others wait.
     """
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[int, dict[str, Any]] = {}
-
-    def attempt(i: int, blocking: bool) -> dict[str, Any] | None:
-        path = directory / f"part_{i}.json"
-        lock = FileLock(str(path) + ".lock")
-        try:
-            lock.acquire(blocking=blocking)
-        except Timeout:
-            return None
-        try:
-            data = read_json_object(path)
-            if data is None:
-                data = json.loads(json.dumps(compute(i)))
-                atomic_write_json(path, data)
-            return data
-        finally:
-            lock.release()
-
-    for i in range(n):
-        got = attempt(i, blocking=False)
-        if got is not None:
-            out[i] = got
-    for i in range(n):
-        if i not in out:
-            got = attempt(i, blocking=True)
-            if got is None:  # pragma: no cover - a blocking acquire returns or raises
-                raise ProofpackError(f"{directory}: part {i} could not be locked")
-            out[i] = got
+    for blocking in (False, True):
+        for i in range(n):
+            if i not in out:
+                got = _load_or_compute(directory / f"part_{i}.json", functools.partial(compute, i), blocking=blocking)
+                if got is not None:
+                    out[i] = got
     return [out[i] for i in range(n)]
 
 
@@ -234,13 +235,10 @@ class ModelRuntime:
         """Load ``<cache>/<kind>/<digest>.json`` or compute it once across workers under a FileLock."""
         path = self.ctx.cache / kind / f"{digest}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            cached = read_json_object(path)  # a corrupt cache entry is recomputed, never trusted
-            if cached is not None:
-                return cached
-            data = compute()
-            atomic_write_json(path, data)
-            return data
+        data = _load_or_compute(path, compute)
+        if data is None:  # pragma: no cover - a blocking acquire returns or raises
+            raise ProofpackError(f"{path}: could not be locked")
+        return data
 
     def baseline_digest(self, run: int = 1) -> str:
         preview, final = self.windows(run)
