@@ -32,9 +32,10 @@ def bca_interval(values: npt.ArrayLike, *, replicates: int, alpha: float, seed: 
         raise ValueError("bca_interval needs at least one value")
     if not np.all(np.isfinite(x)):
         raise ValueError("bca_interval needs finite values")
-    theta = float(x.mean())
     if n == 1 or bool(np.all(x == x[0])):
-        return theta, theta
+        # all equal: the mean is x[0] exactly (np.mean of 17 copies of v can round 1 ulp away from v)
+        return float(x[0]), float(x[0])
+    theta = float(x.mean())
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(replicates, n))
     stars = x[idx].mean(axis=1)
