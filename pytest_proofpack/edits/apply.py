@@ -198,7 +198,7 @@ class AppliedChange:
 
     def _record_backup(self, view: torch.Tensor, backup: torch.Tensor | _Spilled) -> None:
         """Have ``restore`` copy ``backup`` (a private copy of ``view``'s data, maybe spilled) back into ``view``."""
-        if view.device.type != "cpu" or view.numel() > SERIAL_MAX_NUMEL:
+        if not _small_cpu_matrix(view):
             self._serial_restore = False
 
         self._undo.append(lambda: _put_back(view, backup))
@@ -240,6 +240,11 @@ class AppliedChange:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.restore()
+
+
+def _small_cpu_matrix(view: torch.Tensor) -> bool:
+    """Whether ``view`` is edited and restored on one intra-op thread (see :func:`_one_cpu_thread`)."""
+    return view.device.type == "cpu" and view.numel() <= SERIAL_MAX_NUMEL
 
 
 @contextlib.contextmanager
@@ -367,7 +372,7 @@ def apply_edit(
     counters: dict[str, int] = {}
     in_scope = 0
     views = [matrix(model, ref) for ref in refs]
-    serial = all(v.device.type == "cpu" and v.numel() <= SERIAL_MAX_NUMEL for v in views)
+    serial = all(_small_cpu_matrix(v) for v in views)
     workers = min(torch.get_num_threads(), len(views)) if serial and kind.thread_safe else 1
     seeds = [derive_seed(seed, ref.key) for ref in refs]
     # backups[i]: matrix i's original, cloned before the edit function runs (a registered function that writes into
