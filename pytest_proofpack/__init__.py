@@ -11,5 +11,9 @@ __version__ = "0.1.0"
 #: (a baseline's losses pair with a subject's to the bit only when one implementation made both). Bump it with
 #: any change to a number the engine produces.
 ENGINE_VERSION = "proofpack-engine-3"
+#: Names what the built-in edits and faults compute. It keys the run configuration, so a stored scenario record that
+#: other edit numerics made is recomputed, not reused. Baselines and presets are not keyed by it: a change to the
+#: numerics of a benign calibration edit (``benign.BENIGN_SPECS``) must bump ``ENGINE_VERSION`` too.
+EDITS_VERSION = "proofpack-edits-2"  # 2: low-rank truncation with a local generator, its small problem in fp64
 
-__all__ = ["ENGINE_VERSION", "__version__"]
+__all__ = ["EDITS_VERSION", "ENGINE_VERSION", "__version__"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import pytest
 
-from pytest_proofpack import ENGINE_VERSION, __version__
+from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION, __version__
 from pytest_proofpack.deadline import scenario_timeout
 from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.nodeid import TEST_NAME, CaseId, parse_nodeid
@@ -117,8 +117,8 @@ class ProofpackSession:
             dict(catalog.datasets[suite.dataset])
         config = {
             "suite": suite.name, "catalog_digest": catalog.digest(), "engine_version": ENGINE_VERSION,
-            "models": sorted({c.model.key for c in self.cases}), "dataset": dataset, "tier": o.tier,
-            "gate_rule": o.gate_rule, "seed": o.seed,
+            "edits_version": EDITS_VERSION, "models": sorted({c.model.key for c in self.cases}), "dataset": dataset,
+            "tier": o.tier, "gate_rule": o.gate_rule, "seed": o.seed,
             "calibration_runs": o.calibration_runs if o.calibration_runs is not None
             else suite.eval.get("calibration_runs", 5),
             "presets": str(o.presets) if o.presets else None, "dtype": o.dtype, "eval": dict(suite.eval),

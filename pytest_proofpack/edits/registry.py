@@ -191,8 +191,7 @@ def _builtin_registry() -> EditRegistry:
     )
     reg.register("fp8_quant", _parse_fp8, _fp8, param_names=("fmt",), tuned_fields=("format",), thread_safe=True)
     reg.register("magnitude_prune", _parse_prune, _prune, param_names=("sparsity",), thread_safe=True)
-    # Not thread-safe: torch.svd_lowrank draws from the global RNG, seeded per matrix under fork_rng.
-    reg.register("lowrank_svd", _parse_rank, _lowrank, param_names=("rank",))
+    reg.register("lowrank_svd", _parse_rank, _lowrank, param_names=("rank",), thread_safe=True)
     return reg
 
 
