@@ -202,6 +202,27 @@ def test_chunked_nll_matches_full_logits(factory: Any, monkeypatch: pytest.Monke
     assert windows == pytest.approx(want.double().mean(1).tolist(), abs=1e-6)
 
 
+def test_head_chunks_are_canonically_strided() -> None:
+    """A head chunk sliced out of the batch keeps the batch's stride on its size-1 dim; with a weight that needs no
+    grad (how a loaded model is evaluated) ``torch.matmul`` then does not fold it into one mm but broadcasts the
+    weight into a bmm, copying the whole head matrix for every chunk (110 ms of a 125 ms bf16 SmolLM2 chunk). Every
+    chunk the head sees must carry the canonical strides of its shape."""
+    model = tiny_llama(seed=_fresh_seed() % 1000)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    seen: list[tuple[torch.Size, tuple[int, ...]]] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, args: seen.append((args[0].shape, args[0].stride()))
+    )
+    ws = make_windows(3, 29, _fresh_seed())
+    try:
+        with torch.inference_mode():
+            metric.token_nll(model, ws.input_ids)
+    finally:
+        handle.remove()
+    assert len(seen) >= 3 and all(stride == torch.empty(shape).stride() for shape, stride in seen)
+
+
 @pytest.mark.parametrize("make", [lambda: _tiny_softcapped(0.5), _tiny_scaled_head], ids=["softcap", "logit_scale"])
 def test_post_processed_head_falls_back_to_plain_forward(make: Any) -> None:
     model = make()
