@@ -236,8 +236,7 @@ class ModelRuntime:
         path = self.ctx.cache / kind / f"{digest}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _load_or_compute(path, compute)
-        if data is None:  # pragma: no cover - a blocking acquire returns or raises
-            raise ProofpackError(f"{path}: could not be locked")
+        assert data is not None, "a blocking acquire returns or raises"
         return data
 
     def baseline_digest(self, run: int = 1) -> str:

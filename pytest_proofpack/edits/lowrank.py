@@ -57,14 +57,16 @@ def lowrank_truncate(w: torch.Tensor, rank: int, *, seed: int = 0) -> tuple[torc
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         out = (u[:, :rank] * s[:rank]) @ vh[:rank]
         kept = float((s[:rank].double() ** 2).sum())
-        return out, (kept / total if total > 0 else 1.0), "exact"
-    basis = _range_basis(w, min(rank + OVERSAMPLING, small), POWER_ITERATIONS, seed)
-    b = (basis.T @ w).double()
-    evals, evecs = torch.linalg.eigh(b @ b.T)  # ascending
-    top = evecs[:, -rank:]
-    kept = float(evals[-rank:].clamp_min(0.0).sum())
-    out = (basis @ top.float()) @ (top.T @ b).float()
-    return out, (min(kept / total, 1.0) if total > 0 else 1.0), "randomized"
+        method = "exact"
+    else:
+        basis = _range_basis(w, min(rank + OVERSAMPLING, small), POWER_ITERATIONS, seed)
+        b = (basis.T @ w).double()
+        evals, evecs = torch.linalg.eigh(b @ b.T)  # ascending
+        top = evecs[:, -rank:]
+        kept = float(evals[-rank:].clamp_min(0.0).sum())
+        out = (basis @ top.float()) @ (top.T @ b).float()
+        method = "randomized"
+    return out, (min(kept / total, 1.0) if total > 0 else 1.0), method
 
 
 def lowrank_edit(
