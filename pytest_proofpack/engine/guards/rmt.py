@@ -9,9 +9,17 @@ rows, so no pad-token rows enter the statistic.
 For one batch's activation ``X`` (``m`` tokens x ``n`` features) each feature is standardised over the tokens
 (constant features are dropped, leaving ``n'``); the edge statistic is ``r = sigma_max(Z) / (sqrt(m) + sqrt(n'))``,
 the top singular value relative to the Marchenko-Pastur edge of an i.i.d. unit-variance matrix of the same shape.
-``sigma_max(Z)^2`` is the top eigenvalue of the smaller Gram matrix, found by ``POWER_ITERS`` power iterations from
-a fixed seeded start, entirely on the device inside the hook; values are gathered with one host transfer at the
-end. Batches are combined by token-weighted mean.
+``sigma_max(Z)^2`` is the top eigenvalue of the smaller Gram matrix ``G``, found by ``LANCZOS_STEPS`` steps of
+Lanczos with full reorthogonalisation (twice per step) from a fixed seeded start: the top eigenvalue of the
+tridiagonal ``T`` they build (float64, on the host) is a Ritz value of ``G``, never above its top eigenvalue, and
+converges much faster than power iteration where the two top eigenvalues nearly coincide. On SmolLM2's 90 guard
+activations (top-two ratio up to 0.983) 16 steps already reach float32 round-off (6e-8 relative to the statistic
+computed in float64 with a dense eigensolver), where the 100 power iterations used before engine 5 were up to 3e-4
+off; 24 steps leave a margin and cost a third to a half of those 100 iterations. A ``G`` with at most
+``LANCZOS_STEPS`` rows spans its whole Krylov space, so its value is exact. The Lanczos steps run on the device
+inside the hook with no host sync; the coefficients of every hooked batch are gathered with one host transfer at the
+end. Batches are combined by token-weighted mean. The standardisation takes two passes over the activation (centre;
+two-pass deviation; scale in place), and the mean square the variance guard reads is ``var + mean^2`` per feature.
 
 Decision, per family, on the **one-sided** log change of each module's statistic, ``d = log(r_now / r_base)``:
 the family's shift is ``max over its modules of max(0, d)``; a family violates iff its shift exceeds
@@ -37,7 +45,7 @@ from typing import Any, Final, NamedTuple
 from pytest_proofpack.engine.config import DEFAULT_RMT_EPSILON, DEFAULT_RMT_EPSILON_BY_FAMILY
 from pytest_proofpack.models.adapters import weight_refs
 
-POWER_ITERS: Final = 100
+LANCZOS_STEPS: Final = 24
 TARGET_ROLES: Final = ("attn_out", "ffn_down")
 #: role of the input side of an ``ffn_down`` module (the intermediate activation)
 INPUT_ROLE: Final = "ffn_act"
@@ -45,8 +53,9 @@ INPUT_ROLE: Final = "ffn_act"
 INPUT_FAMILY: Final = "ffn_act"
 INPUT_SUFFIX: Final = ":input"
 ESTIMATOR: Final[dict[str, object]] = {
-    "type": "power_iter_gram",
-    "iters": POWER_ITERS,
+    "type": "lanczos_gram",
+    "steps": LANCZOS_STEPS,
+    "reorthogonalisation": "full, twice per step",
     "dtype": "float32",
     "standardisation": "per_feature",
     "edge": "sqrt(m) + sqrt(n)",
@@ -87,36 +96,98 @@ def activation_targets(model: Any) -> list[Target]:
 
 @dataclass
 class _Acc:
-    """Per-module device-side accumulators (tensors), turned into floats once at the end."""
+    """Per-module device-side terms of each hooked batch (tensors), turned into floats once at the end."""
 
-    r_sum: list[Any] = field(default_factory=list)
-    ms_sum: list[Any] = field(default_factory=list)
+    terms: list[Any] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
 
 
-def _edge_and_mean_square(x: Any) -> tuple[Any, Any]:
-    """``(r, mean square)`` of one output ``x [..., n]`` as 0-d device tensors (no host sync)."""
+def _lanczos_coefficients(gram: Any) -> Any:
+    """``[alpha_0 .. alpha_{k-1}, beta_0 .. beta_{k-2}]`` of ``k = min(LANCZOS_STEPS, n)`` Lanczos steps on the
+    symmetric ``n x n`` ``gram`` (float32, on its device, no host sync); see :func:`top_ritz_value`.
+
+    Each step's new vector is orthogonalised against all earlier ones twice (classical Gram-Schmidt), so the
+    basis stays orthonormal to round-off. A breakdown (the Krylov space is invariant: a rank-deficient ``gram``)
+    gives ``beta`` = 0; the next vector is then the round-off left after reorthogonalisation, normalised, which
+    is orthogonal to the earlier ones, so ``T`` stays a compression of ``gram`` onto an orthonormal basis (an
+    exactly zero remainder gives zero vectors, i.e. zero rows in ``T``).
+    """
+    import torch
+
+    n = int(gram.shape[0])
+    k = min(LANCZOS_STEPS, n)
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    v = torch.randn(n, generator=gen, dtype=torch.float32).to(gram.device)
+    v = v / v.norm()
+    basis = torch.zeros(k, n, dtype=torch.float32, device=gram.device)
+    alphas: list[Any] = []
+    betas: list[Any] = []
+    for j in range(k):
+        basis[j] = v
+        w = torch.mv(gram, v)
+        done = basis[: j + 1]
+        h = torch.mv(done, w)  # h[j] = v . G v = alpha_j
+        alphas.append(h[j])
+        if j == k - 1:
+            break
+        w = torch.addmv(w, done.t(), h, alpha=-1.0)
+        w = torch.addmv(w, done.t(), torch.mv(done, w), alpha=-1.0)
+        beta = torch.linalg.vector_norm(w)
+        betas.append(beta)
+        v = w / beta.clamp_min(1e-30)
+    return torch.stack(alphas + betas)
+
+
+def top_ritz_value(coefficients: Any) -> float:
+    """The top eigenvalue of the symmetric tridiagonal matrix with diagonal ``alpha`` and off-diagonal ``beta``
+    (``coefficients`` as :func:`_lanczos_coefficients` packs them, ``2k - 1`` values), in float64."""
+    import numpy as np
+
+    c = np.asarray(coefficients, dtype=np.float64)
+    k = (c.shape[0] + 1) // 2
+    if not np.isfinite(c).all():
+        return math.nan
+    t = np.diag(c[:k])
+    if k > 1:
+        t += np.diag(c[k:], 1) + np.diag(c[k:], -1)
+    return float(np.linalg.eigvalsh(t)[-1])
+
+
+def _edge_terms(x: Any) -> tuple[Any, Any, Any, int]:
+    """Device-side terms of one output ``x [..., n]`` (no host sync): ``(Lanczos coefficients of its Gram matrix,
+    n' as a 0-d tensor, mean square as a 0-d tensor, m)``; :func:`edge_value` turns them into ``r``."""
     import torch
 
     a = x.reshape(-1, x.shape[-1]).to(torch.float32)
     m = a.shape[0]
-    ms = (a.double() ** 2).mean()
-    mean = a.mean(dim=0, keepdim=True)
-    std = a.std(dim=0, unbiased=False, keepdim=True)
+    # Two passes over the activation and one temporary (each large temporary is a fresh, zero-filled mapping in a
+    # worker): centre, take each feature's population standard deviation from the centred values (two-pass, as
+    # accurate as torch.std), scale in place. The mean square follows from them: E[x^2] = var + mean^2.
+    mean = a.sum(dim=0, keepdim=True) / m
+    z = a - mean
+    std = torch.linalg.vector_norm(z, dim=0, keepdim=True) / math.sqrt(m)
+    ms = (std.double().square() + mean.double().square()).mean()
     keep = std > 1e-12 * std.max().clamp_min(1e-30)
-    n_eff = keep.sum()
-    z = torch.where(keep, (a - mean) / std.clamp_min(1e-30), torch.zeros_like(a))
+    z.mul_(torch.where(keep, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std)))
+    # a non-finite activation makes r non-finite (n' = NaN): its NaN standard deviation would otherwise drop every
+    # feature and report r = 0
+    n_eff = torch.where(ms.isfinite(), keep.sum().double(), torch.full_like(ms, math.nan))
     gram = z.t() @ z if z.shape[1] <= m else z @ z.t()
-    gen = torch.Generator(device="cpu").manual_seed(1234)
-    v = torch.randn(gram.shape[0], generator=gen, dtype=torch.float32).to(gram.device)
-    v = v / v.norm()
-    lam = torch.zeros((), device=gram.device)
-    for _ in range(POWER_ITERS):
-        w = gram @ v
-        lam = w.norm()
-        v = w / lam.clamp_min(1e-30)
-    r = lam.sqrt() / (math.sqrt(m) + n_eff.to(torch.float32).sqrt())
-    return r, ms
+    return _lanczos_coefficients(gram), n_eff, ms, m
+
+
+def edge_value(coefficients: Any, n_eff: float, m: int) -> float:
+    """``r = sqrt(lambda_max) / (sqrt(m) + sqrt(n'))`` from host values of :func:`_edge_terms`' terms."""
+    lam = top_ritz_value(coefficients)
+    if not math.isfinite(lam) or not math.isfinite(n_eff):
+        return math.nan
+    return math.sqrt(max(lam, 0.0)) / (math.sqrt(m) + math.sqrt(n_eff))
+
+
+def _edge_and_mean_square(x: Any) -> tuple[float, float]:
+    """``(r, mean square)`` of one output ``x [..., n]`` (with a host sync: for tests and benchmarks)."""
+    coefficients, n_eff, ms, m = _edge_terms(x)
+    return edge_value(coefficients.double().cpu().numpy(), float(n_eff), m), float(ms)
 
 
 class Capture(NamedTuple):
@@ -150,11 +221,11 @@ def capture(
     accs = {t.key: _Acc() for t in live}
 
     def record(key: str, y: Any) -> None:
-        r, ms = _edge_and_mean_square(y.detach())
-        tok = int(y.numel() // y.shape[-1])
-        accs[key].r_sum.append(r * tok)
-        accs[key].ms_sum.append(ms * tok)
-        accs[key].tokens.append(tok)
+        coefficients, n_eff, ms, m = _edge_terms(y.detach())
+        # one flat float64 row per batch: [m, n', mean square, coefficients...]
+        head = torch.stack([torch.zeros_like(ms) + m, n_eff, ms])
+        accs[key].terms.append(torch.cat([head, coefficients.double()]))
+        accs[key].tokens.append(m)
 
     def make_hook(key: str) -> Any:
         def hook(_mod: Any, _inp: Any, out: Any) -> None:
@@ -188,12 +259,18 @@ def capture(
         for h in handles:
             h.remove()
     names = [n for n in accs if accs[n].tokens]
-    flat = [torch.stack([torch.stack(accs[n].r_sum).sum(), torch.stack(accs[n].ms_sum).sum()]) for n in names]
-    values = torch.stack(flat).double().cpu().numpy() if flat else np.zeros((0, 2))
+    rows = [t for n in names for t in accs[n].terms]
+    flat = torch.cat(rows).cpu().numpy() if rows else np.zeros(0)  # the one host transfer
+    bounds = np.cumsum([0] + [int(t.shape[0]) for t in rows])
+    host = [flat[bounds[i] : bounds[i + 1]] for i in range(len(rows))]
     stats: dict[str, dict[str, float | None]] = {}
-    for n, (rs, mss) in zip(names, values, strict=True):
+    at = 0
+    for n in names:
+        batches = host[at : at + len(accs[n].terms)]
+        at += len(batches)
         tok = float(sum(accs[n].tokens))
-        r, ms = rs / tok, mss / tok
+        r = sum(edge_value(b[3:], float(b[1]), int(b[0])) * float(b[0]) for b in batches) / tok
+        ms = sum(float(b[2]) * float(b[0]) for b in batches) / tok
         stats[n] = {
             "r": float(r) if math.isfinite(r) else None,
             "mean_square": float(ms) if math.isfinite(ms) else None,
