@@ -534,6 +534,24 @@ def test_metadata_relative_error_and_counts() -> None:
         assert ch.metadata["changed_fraction"] == pytest.approx(ch.metadata["params_changed"] / (3 * 64 * 32))
 
 
+@pytest.mark.parametrize("block", [37, 1500, 1 << 18])  # many ragged blocks, exactly one block, one partial block
+def test_blockwise_difference_equals_the_whole_matrix_difference(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_proofpack.edits.apply as apply_module
+
+    monkeypatch.setattr(apply_module, "DIFF_BLOCK", block)
+    g = torch.Generator().manual_seed(secrets.randbits(31))
+    old = torch.randn(50, 30, generator=g)
+    new = old.clone()
+    changed = torch.rand(50, 30, generator=g) < 0.4
+    new[changed] += torch.randn(int(changed.sum()), generator=g) * 0.1
+    norms, count = apply_module._difference(new, old)
+    assert int(count) == int((new != old).sum())
+    assert float(norms[0]) == pytest.approx(float(torch.linalg.vector_norm(new.double() - old.double())), rel=1e-6)
+    assert float(norms[1]) == pytest.approx(float(torch.linalg.vector_norm(old.double())), rel=1e-6)
+    new[7, 3] = float("nan")  # a non-finite difference anywhere makes the norm non-finite (recounted exactly later)
+    assert not math.isfinite(float(apply_module._difference(new, old)[0][0]))
+
+
 def test_metadata_counts_changes_exactly_around_nan_and_inf() -> None:
     model = tiny_llama(seed=4)
     mlp = model.model.layers[0].mlp
