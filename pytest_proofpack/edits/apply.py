@@ -1,17 +1,18 @@
 """Reversible, in-place application of edits (and, through :class:`AppliedChange`, of faults).
 
-The model is never copied: before a weight matrix is changed, a clone of *that matrix only* is kept, and
+The model is never copied: before a weight matrix is changed, a copy of *that matrix only* is kept, and
 :meth:`AppliedChange.restore` copies it back bit for bit. A change keeps up to the process's backup budget of such
-clones in RAM (:func:`set_backup_policy`; the plugin sets ``--proofpack-backup-ram``); the clones beyond it are
-written to an unlinked scratch file as soon as their matrix is edited and read back by ``restore``, so an edit of
-every matrix does not hold a second copy of the model in memory while the subject is evaluated. Structural changes
+copies in RAM as clones (:func:`set_backup_policy`; the plugin sets ``--proofpack-backup-ram``); beyond it, a
+matrix's bytes go straight from the weight to an unlinked scratch file before the edit and are read back by
+``restore``, so an edit of every matrix does not hold a second copy of the model in memory while the subject is
+evaluated. Structural changes
 (swapped parameters or modules, config values) are recorded as attribute swaps and undone in reverse order. Math
 runs in fp32 on the weight's device and the result is cast back to the parameter's dtype.
 
 Speed (CPU): matrices up to :data:`SERIAL_MAX_NUMEL` elements are edited and restored with one torch intra-op thread
 each, and a ``thread_safe`` edit kind spreads them over ``torch.get_num_threads()`` worker threads (see
-:func:`_one_cpu_thread`). The metadata (changed count, relative error) costs one fused pass per matrix and one host
-sync per edit.
+:func:`_one_cpu_thread`). The metadata (changed count, relative error) costs one pass per matrix over the new
+values and the original, in cache-sized blocks on the CPU, and one host sync per edit.
 """
 
 from __future__ import annotations
