@@ -96,7 +96,8 @@ def activation_targets(model: Any) -> list[Target]:
 
 @dataclass
 class _Acc:
-    """Per-module device-side terms of each hooked batch (tensors), turned into floats once at the end."""
+    """Per-module terms of each hooked batch: device rows ``[n', mean square, Lanczos coefficients...]`` (turned
+    into floats once at the end) and the batch's token count ``m``."""
 
     terms: list[Any] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -222,9 +223,7 @@ def capture(
 
     def record(key: str, y: Any) -> None:
         coefficients, n_eff, ms, m = _edge_terms(y.detach())
-        # one flat float64 row per batch: [m, n', mean square, coefficients...]
-        head = torch.stack([torch.zeros_like(ms) + m, n_eff, ms])
-        accs[key].terms.append(torch.cat([head, coefficients.double()]))
+        accs[key].terms.append(torch.cat([torch.stack([n_eff, ms]), coefficients.double()]))
         accs[key].tokens.append(m)
 
     def make_hook(key: str) -> Any:
@@ -261,16 +260,17 @@ def capture(
     names = [n for n in accs if accs[n].tokens]
     rows = [t for n in names for t in accs[n].terms]
     flat = torch.cat(rows).cpu().numpy() if rows else np.zeros(0)  # the one host transfer
-    bounds = np.cumsum([0] + [int(t.shape[0]) for t in rows])
-    host = [flat[bounds[i] : bounds[i + 1]] for i in range(len(rows))]
     stats: dict[str, dict[str, float | None]] = {}
     at = 0
     for n in names:
-        batches = host[at : at + len(accs[n].terms)]
-        at += len(batches)
+        r_sum = ms_sum = 0.0
+        for row, m in zip(accs[n].terms, accs[n].tokens, strict=True):
+            b = flat[at : at + int(row.shape[0])]
+            at += int(row.shape[0])
+            r_sum += edge_value(b[2:], float(b[0]), m) * m
+            ms_sum += float(b[1]) * m
         tok = float(sum(accs[n].tokens))
-        r = sum(edge_value(b[3:], float(b[1]), int(b[0])) * float(b[0]) for b in batches) / tok
-        ms = sum(float(b[2]) * float(b[0]) for b in batches) / tok
+        r, ms = r_sum / tok, ms_sum / tok
         stats[n] = {
             "r": float(r) if math.isfinite(r) else None,
             "mean_square": float(ms) if math.isfinite(ms) else None,
