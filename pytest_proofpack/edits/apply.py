@@ -324,9 +324,10 @@ def _difference(new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, tor
         delta = a[start : start + step].float() - ob
         diffs.append(torch.linalg.vector_norm(delta))
         bases.append(torch.linalg.vector_norm(ob))
-        # count_nonzero on a float tensor branches per element (5 ms on a half-zero [1536, 576] delta on CPU); on
-        # the boolean comparison it is vectorized (1.5 ms with the compare).
-        counts.append(torch.count_nonzero(delta != 0))
+        # delta != 0 (NaN counts, -0.0 does not) is |delta| with non-zero bits. count_nonzero over the int32 view of
+        # |delta| (in place) is vectorised: 65 us per block on CPU, against 240 us for the boolean `delta != 0` (a
+        # fresh mask) and 950 us for count_nonzero on the floats of a half-zero block (a branch per element).
+        counts.append(torch.count_nonzero(delta.abs_().view(torch.int32)))
     norms = torch.stack([torch.linalg.vector_norm(torch.stack(diffs)), torch.linalg.vector_norm(torch.stack(bases))])
     return norms, torch.stack(counts).sum()
 
@@ -377,7 +378,8 @@ def apply_edit(
     Raises :class:`SpecError` for an unresolved ``clean`` spec or a scope that matches no matrix of ``model``.
     ``metadata``: kind, params, scope, modules_touched (ref keys), n_modules, skipped ([{module, reason}]),
     params_in_scope, params_changed, changed_fraction, avg_relative_error, seconds, and per kind
-    actual_sparsity (prune), avg_energy_retained (lowrank), saturated (fp8).
+    actual_sparsity (prune), avg_energy_retained (lowrank), saturated (fp8), and ``methods`` ({method: matrices}) for
+    kinds whose function reports one (lowrank: exact, randomized-bf16 or randomized-fp32).
     """
     import torch
 
@@ -404,6 +406,7 @@ def apply_edit(
     skipped: list[dict[str, str]] = []
     energies: list[float] = []
     counters: dict[str, int] = {}
+    methods: dict[str, int] = {}
     in_scope = 0
     views = [matrix(model, ref) for ref in refs]
     serial = all(_small_cpu_matrix(v) for v in views)
@@ -461,6 +464,8 @@ def apply_edit(
         for key in ("zeros", "numel", "saturated", "pruned"):
             if key in stats:
                 counters[key] = counters.get(key, 0) + int(stats[key])
+        if "method" in stats:
+            methods[str(stats["method"])] = methods.get(str(stats["method"]), 0) + 1
     meta: dict[str, Any] = {
         "kind": spec.kind,
         "spec": str(spec),
@@ -482,6 +487,8 @@ def apply_edit(
         meta["avg_energy_retained"] = sum(energies) / len(energies)
     if "saturated" in counters:
         meta["saturated"] = counters["saturated"]
+    if methods:
+        meta["methods"] = dict(sorted(methods.items()))
     meta["seconds"] = time.perf_counter() - start
     change.metadata.update(meta)
     return change
