@@ -9,17 +9,18 @@ rows, so no pad-token rows enter the statistic.
 For one batch's activation ``X`` (``m`` tokens x ``n`` features) each feature is standardised over the tokens
 (constant features are dropped, leaving ``n'``); the edge statistic is ``r = sigma_max(Z) / (sqrt(m) + sqrt(n'))``,
 the top singular value relative to the Marchenko-Pastur edge of an i.i.d. unit-variance matrix of the same shape.
-``sigma_max(Z)^2`` is the top eigenvalue of the smaller Gram matrix ``G``, found by ``LANCZOS_STEPS`` steps of
-Lanczos with full reorthogonalisation (twice per step) from a fixed seeded start: the top eigenvalue of the
-tridiagonal ``T`` they build (float64, on the host) is a Ritz value of ``G``, never above its top eigenvalue, and
-converges much faster than power iteration where the two top eigenvalues nearly coincide. On SmolLM2's 90 guard
-activations (top-two ratio up to 0.983) 16 steps already reach float32 round-off (6e-8 relative to the statistic
-computed in float64 with a dense eigensolver), where the 100 power iterations used before engine 5 were up to 3e-4
-off; 24 steps leave a margin and cost a third to a half of those 100 iterations. A ``G`` with at most
-``LANCZOS_STEPS`` rows spans its whole Krylov space, so its value is exact. The Lanczos steps run on the device
-inside the hook with no host sync; the coefficients of every hooked batch are gathered with one host transfer at the
-end. Batches are combined by token-weighted mean. The standardisation takes two passes over the activation (centre;
-two-pass deviation; scale in place), and the mean square the variance guard reads is ``var + mean^2`` per feature.
+``sigma_max(Z)^2`` is the top eigenvalue of the smaller Gram matrix ``G``, found by ``LANCZOS_STEPS`` steps of Lanczos
+with full reorthogonalisation (twice per step) from a fixed seeded start (from size ``IMPLICIT_MIN`` on, ``G`` is
+applied as ``Zᵀ (Z v)`` without being formed: since engine 6; forming it was the statistic's largest cost). The top
+eigenvalue of the tridiagonal ``T`` they build (float64, on the host) is a Ritz value of ``G``, never above its top
+eigenvalue, and converges much faster than power iteration where the two top eigenvalues nearly coincide. On SmolLM2's
+90 guard activations (top-two ratio up to 0.983) 16 steps already reach float32 round-off (6e-8 relative to the
+statistic computed in float64 with a dense eigensolver), where the 100 power iterations used before engine 5 were up to
+3e-4 off; 24 steps leave a margin and cost a third to a half of those 100 iterations. A ``G`` with at most
+``LANCZOS_STEPS`` rows spans its whole Krylov space, so its value is exact. The Lanczos steps run on the device inside
+the hook with no host sync; the coefficients of every hooked batch are gathered with one host transfer at the end.
+Batches are combined by token-weighted mean. The standardisation takes two passes over the activation (centre; two-pass
+deviation; scale in place), and the mean square the variance guard reads is ``var + mean^2`` per feature.
 
 Decision, per family, on the **one-sided** log change of each module's statistic, ``d = log(r_now / r_base)``:
 the family's shift is ``max over its modules of max(0, d)``; a family violates iff its shift exceeds
@@ -46,6 +47,10 @@ from pytest_proofpack.engine.config import DEFAULT_RMT_EPSILON, DEFAULT_RMT_EPSI
 from pytest_proofpack.models.adapters import weight_refs
 
 LANCZOS_STEPS: Final = 24
+#: smallest Gram matrix size that Lanczos applies implicitly instead of forming it (see _lanczos_coefficients)
+IMPLICIT_MIN: Final = 768
+#: a Lanczos step whose new vector's norm is at most this times the largest coefficient so far is a breakdown
+BREAKDOWN: Final = 1e-6
 TARGET_ROLES: Final = ("attn_out", "ffn_down")
 #: role of the input side of an ``ffn_down`` module (the intermediate activation)
 INPUT_ROLE: Final = "ffn_act"
@@ -55,6 +60,8 @@ INPUT_SUFFIX: Final = ":input"
 ESTIMATOR: Final[dict[str, object]] = {
     "type": "lanczos_gram",
     "steps": LANCZOS_STEPS,
+    "implicit_from": IMPLICIT_MIN,
+    "breakdown": BREAKDOWN,
     "reorthogonalisation": "full, twice per step",
     "dtype": "float32",
     "standardisation": "per_feature",
@@ -103,29 +110,51 @@ class _Acc:
     tokens: list[int] = field(default_factory=list)
 
 
-def _lanczos_coefficients(gram: Any) -> Any:
-    """``[alpha_0 .. alpha_{k-1}, beta_0 .. beta_{k-2}]`` of ``k = min(LANCZOS_STEPS, n)`` Lanczos steps on the
-    symmetric ``n x n`` ``gram`` (float32, on its device, no host sync); see :func:`top_ritz_value`.
+def _lanczos_coefficients(z: Any, implicit: bool | None = None) -> Any:
+    """``[alpha_0 .. alpha_{k-1}, beta_0 .. beta_{k-2}]`` of ``k = min(LANCZOS_STEPS, s)`` Lanczos steps on the
+    smaller Gram matrix of ``z`` (``m x n``, float32, on its device; no host sync): ``G = zᵀ z`` if ``n <= m``, else
+    ``z zᵀ``, of size ``s``; see :func:`top_ritz_value`.
 
-    Each step's new vector is orthogonalised against all earlier ones twice (classical Gram-Schmidt), so the
-    basis stays orthonormal to round-off. A breakdown (the Krylov space is invariant: a rank-deficient ``gram``)
-    gives ``beta`` = 0; the next vector is then the round-off left after reorthogonalisation, normalised, which
-    is orthogonal to the earlier ones, so ``T`` stays a compression of ``gram`` onto an orthonormal basis (an
-    exactly zero remainder gives zero vectors, i.e. zero rows in ``T``).
+    ``implicit`` (default: ``s >= IMPLICIT_MIN``): ``G`` is not formed; each step applies it as two matrix-vector
+    products (``zᵀ (z v)``) that read ``z`` twice. Forming ``G`` costs ``m n s`` multiply-adds at the matrix unit's
+    rate, the implicit steps ``2 k m n`` at memory speed, so the implicit form wins for large ``s``: on this box
+    (one thread) a 1024 x 1536 activation's statistic took 23.7 ms against 34.8 ms, and a 1024 x 576 one 10.1 ms
+    against 8.1 ms (``bench/rmt_edge_cost.py``). Both compute the same ``T`` up to float32 round-off.
+
+    Each step's new vector is orthogonalised against all earlier ones twice (classical Gram-Schmidt), so the basis stays
+    orthonormal to round-off. A breakdown (the Krylov space is invariant, as for a rank-deficient ``G``: the new
+    vector's norm ``beta`` is at most :data:`BREAKDOWN` times the largest coefficient so far) records ``beta = 0`` and
+    restarts from a fixed seeded random vector orthogonalised (twice) against the basis, so ``T`` stays the compression
+    of ``G`` onto an orthonormal basis, to within the dropped ``beta``. (Normalising the round-off left after the
+    reorthogonalisation instead amplifies its error in the basis's span by ``1 / beta``: on a rank-2 matrix the Ritz
+    value came out 180x too large.)
     """
     import torch
 
-    n = int(gram.shape[0])
+    right = z.shape[1] <= z.shape[0]
+    n = int(z.shape[1] if right else z.shape[0])
+    if implicit if implicit is not None else n >= IMPLICIT_MIN:
+        outer, inner = (z.t(), z) if right else (z, z.t())
+
+        def apply(v: Any) -> Any:
+            return torch.mv(outer, torch.mv(inner, v))
+    else:
+        gram = z.t() @ z if right else z @ z.t()
+
+        def apply(v: Any) -> Any:
+            return torch.mv(gram, v)
     k = min(LANCZOS_STEPS, n)
     gen = torch.Generator(device="cpu").manual_seed(1234)
-    v = torch.randn(n, generator=gen, dtype=torch.float32).to(gram.device)
+    v = torch.randn(n, generator=gen, dtype=torch.float32).to(z.device)
     v = v / v.norm()
-    basis = torch.zeros(k, n, dtype=torch.float32, device=gram.device)
+    restarts = torch.randn(k, n, generator=gen, dtype=torch.float32).to(z.device)
+    basis = torch.zeros(k, n, dtype=torch.float32, device=z.device)
+    scale = torch.zeros((), dtype=torch.float32, device=z.device)
     alphas: list[Any] = []
     betas: list[Any] = []
     for j in range(k):
         basis[j] = v
-        w = torch.mv(gram, v)
+        w = apply(v)
         done = basis[: j + 1]
         h = torch.mv(done, w)  # h[j] = v . G v = alpha_j
         alphas.append(h[j])
@@ -134,8 +163,13 @@ def _lanczos_coefficients(gram: Any) -> Any:
         w = torch.addmv(w, done.t(), h, alpha=-1.0)
         w = torch.addmv(w, done.t(), torch.mv(done, w), alpha=-1.0)
         beta = torch.linalg.vector_norm(w)
-        betas.append(beta)
-        v = w / beta.clamp_min(1e-30)
+        scale = torch.maximum(scale, torch.maximum(h[j].abs(), beta))
+        broken = beta <= BREAKDOWN * scale  # NaN compares False: a NaN beta propagates
+        fresh = torch.addmv(restarts[j], done.t(), torch.mv(done, restarts[j]), alpha=-1.0)
+        fresh = torch.addmv(fresh, done.t(), torch.mv(done, fresh), alpha=-1.0)
+        fresh = fresh / torch.linalg.vector_norm(fresh).clamp_min(1e-30)
+        betas.append(torch.where(broken, torch.zeros_like(beta), beta))
+        v = torch.where(broken, fresh, w / beta.clamp_min(1e-30))
     return torch.stack(alphas + betas)
 
 
@@ -154,7 +188,7 @@ def top_ritz_value(coefficients: Any) -> float:
     return float(np.linalg.eigvalsh(t)[-1])
 
 
-def _edge_terms(x: Any) -> tuple[Any, Any, Any, int]:
+def _edge_terms(x: Any, implicit: bool | None = None) -> tuple[Any, Any, Any, int]:
     """Device-side terms of one output ``x [..., n]`` (no host sync): ``(Lanczos coefficients of its Gram matrix,
     n' as a 0-d tensor, mean square as a 0-d tensor, m)``; :func:`edge_value` turns them into ``r``."""
     import torch
@@ -173,8 +207,7 @@ def _edge_terms(x: Any) -> tuple[Any, Any, Any, int]:
     # a non-finite activation makes r non-finite (n' = NaN): its NaN standard deviation would otherwise drop every
     # feature and report r = 0
     n_eff = torch.where(ms.isfinite(), keep.sum().double(), torch.full_like(ms, math.nan))
-    gram = z.t() @ z if z.shape[1] <= m else z @ z.t()
-    return _lanczos_coefficients(gram), n_eff, ms, m
+    return _lanczos_coefficients(z, implicit), n_eff, ms, m
 
 
 def edge_value(coefficients: Any, n_eff: float, m: int) -> float:
@@ -185,9 +218,9 @@ def edge_value(coefficients: Any, n_eff: float, m: int) -> float:
     return math.sqrt(max(lam, 0.0)) / (math.sqrt(m) + math.sqrt(n_eff))
 
 
-def _edge_and_mean_square(x: Any) -> tuple[float, float]:
+def _edge_and_mean_square(x: Any, implicit: bool | None = None) -> tuple[float, float]:
     """``(r, mean square)`` of one output ``x [..., n]`` (with a host sync: for tests and benchmarks)."""
-    coefficients, n_eff, ms, m = _edge_terms(x)
+    coefficients, n_eff, ms, m = _edge_terms(x, implicit)
     return edge_value(coefficients.double().cpu().numpy(), float(n_eff), m), float(ms)
 
 
