@@ -122,6 +122,7 @@ class ProofpackSession:
             "calibration_runs": o.calibration_runs if o.calibration_runs is not None
             else suite.eval.get("calibration_runs", 5),
             "presets": str(o.presets) if o.presets else None, "dtype": o.dtype, "eval": dict(suite.eval),
+            "determinism": o.determinism,  # strict changes numerics (no TF32, fp32 power iterations): not reused
         }
         import hashlib
 

@@ -44,12 +44,17 @@ def test_determinism_modes_set_torch_switches() -> None:
     import torch
 
     from pytest_proofpack.determinism import apply_determinism
+    from pytest_proofpack.edits.lowrank import lowrank_truncate, native_bf16
 
     try:
         strict = apply_determinism("strict")
         assert strict["deterministic_algorithms"] and torch.are_deterministic_algorithms_enabled()
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+        w = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))
+        assert lowrank_truncate(w, 8)[2] == "randomized-fp32" and not strict["lowrank_bf16_power_iterations"]
         fast = apply_determinism("throughput")
         assert not fast["deterministic_algorithms"] and not torch.are_deterministic_algorithms_enabled()
+        native = native_bf16(w.device)
+        assert lowrank_truncate(w, 8)[2] == ("randomized-bf16" if native else "randomized-fp32")
     finally:
         apply_determinism("throughput")

@@ -9,7 +9,7 @@ every QR is of the short side, ``min(shape) × q``):
 1. power iterations from a Gaussian ``V = Ω`` (``n × q``): ``niter`` times ``V = orth(aᵀ (a V))``, Householder QR in
    fp32, once per iteration (``torch.svd_lowrank`` orthonormalises twice). The products run in **bfloat16** (fp32
    accumulation) where the device multiplies bfloat16 in hardware (:func:`native_bf16`: AMX or AVX512-BF16 CPUs,
-   CUDA >= 8.0), else in fp32;
+   CUDA >= 8.0) and ``--proofpack-determinism strict`` is not set (:func:`allow_low_precision`), else in fp32;
 2. a last iteration whose second product is in fp32: ``V = orth(aᵀ (a V))``, a basis that lies in ``a``'s row space
    to fp32 round-off whatever the precision of the first product, so ``V`` spans ``(aᵀ a)^(niter + 1) Ω``; then
    ``C = a V`` in fp32, and ``a V Vᵀ = C Vᵀ`` is ``a`` projected on ``span(V)``;
@@ -45,6 +45,16 @@ if TYPE_CHECKING:
 EXACT_SVD_MAX_DIM: Final = 1024
 OVERSAMPLING: Final = 10
 POWER_ITERATIONS: Final = 4
+
+_allow_low_precision = True
+
+
+def allow_low_precision(allowed: bool) -> bool:
+    """Allow (default) or forbid bfloat16 power iterations in this process (``--proofpack-determinism strict``
+    forbids them, as it forbids TF32); returns the previous setting."""
+    global _allow_low_precision
+    previous, _allow_low_precision = _allow_low_precision, allowed
+    return previous
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -83,7 +93,8 @@ def lowrank_truncate(
 ) -> tuple[torch.Tensor, float, str]:
     """Return ``(w_r, energy_retained, method)`` for an fp32 ``w``; ``method`` is ``exact``, ``randomized-bf16`` or
     ``randomized-fp32`` (the power iterations' precision). ``low_precision``: bfloat16 power iterations; ``None``
-    (default) where :func:`native_bf16` says the device multiplies them in hardware."""
+    (default) where :func:`native_bf16` says the device multiplies them in hardware, unless
+    :func:`allow_low_precision` forbade them."""
     import torch
 
     small = min(w.shape)
@@ -96,7 +107,7 @@ def lowrank_truncate(
         kept = float((s[:rank].double() ** 2).sum())
         method = "exact"
     else:
-        low = native_bf16(w.device) if low_precision is None else low_precision
+        low = _allow_low_precision and native_bf16(w.device) if low_precision is None else low_precision
         tall = w.shape[0] >= w.shape[1]
         a = w if tall else w.T  # the QRs run on the short side: a [1536, 42] one cost 2.5x a [576, 42] one
         v = _row_basis(a, min(rank + OVERSAMPLING, small), POWER_ITERATIONS, seed, torch.bfloat16 if low else w.dtype)
