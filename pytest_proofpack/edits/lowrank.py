@@ -63,8 +63,8 @@ def native_bf16(device: torch.device) -> bool:
     CPU, 36x slower), and the range finder stays in float32."""
     import torch
 
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cuda":  # bfloat16 tensor cores from Ampere (compute capability 8.0) on
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private; absent means unknown: no
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
