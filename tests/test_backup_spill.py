@@ -76,6 +76,25 @@ def test_spilled_metadata_equals_in_ram_metadata_around_nan_and_inf(spill_dir: P
     assert metas[0] == metas[1]
 
 
+def test_spilled_metadata_of_an_edit_writing_into_its_input_equals_in_ram_metadata(spill_dir: Path) -> None:
+    reg = EditRegistry()
+
+    def triple_in_place(matrix: torch.Tensor, params: Any, *, seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+        return matrix.mul_(3.0), {}  # the new values are the (overwritten) input itself
+
+    reg.register("triple_in_place", lambda args: (), triple_in_place, param_names=())
+    metas = []
+    for policy in (BackupPolicy(), BackupPolicy(0, spill_dir)):
+        set_backup_policy(policy)
+        model = tiny_llama(seed=4)
+        before = _bits(model)
+        with apply_edit(model, parse_edit_spec("triple_in_place:ffn", registry=reg), registry=reg) as change:
+            metas.append({k: v for k, v in change.metadata.items() if k != "seconds"})
+        _assert_bits(model, before)
+    assert metas[0] == metas[1]
+    assert metas[1]["avg_relative_error"] == pytest.approx(2.0) and metas[1]["changed_fraction"] == 1.0
+
+
 @pytest.mark.parametrize("thread_safe", [False, True])
 def test_an_edit_failing_midway_rolls_back_spilled_matrices(thread_safe: bool, spill_dir: Path) -> None:
     reg = EditRegistry()

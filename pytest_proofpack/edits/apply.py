@@ -420,6 +420,7 @@ def apply_edit(
         with torch.no_grad():  # grad mode is per thread
             view = views[i]
             backup = backups[i] = change._backup(view)
+            version = view._version  # moves if the edit function writes into its input (view.float() is view)
             new, stats = kind.fn(view.float(), params, seed=seeds[i])
             if stats.get("skipped"):
                 _put_back(view, backup)
@@ -427,9 +428,11 @@ def apply_edit(
                 change._forget(backup)
                 return stats, None
             new = new.to(device=view.device, dtype=view.dtype)
-            # against the weight itself before it is overwritten (edit functions do not write into their input),
-            # or the RAM clone: no spilled backup is read back
-            difference = _difference(new, view if isinstance(backup, _Spilled) else backup)
+            # against the original: the RAM clone, or the weight itself before it is overwritten (a spilled backup
+            # is read back only if the edit function wrote into its input)
+            untouched = isinstance(backup, _Spilled) and view._version == version
+            original = view if untouched else backup.load() if isinstance(backup, _Spilled) else backup
+            difference = _difference(new, original)
             view.copy_(new)
             del new
             return stats, difference

@@ -36,6 +36,7 @@ cost of a full SVD (``lowrank_svd:32:all`` on SmolLM2: 210 full SVDs took minute
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,10 +58,11 @@ def allow_low_precision(allowed: bool) -> bool:
     return previous
 
 
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU of compute capability >= 8.0, or a
     CPU with AMX tiles or AVX512-BF16. Elsewhere bfloat16 products are emulated, slower than float32 (on an AVX2
-    CPU, 36x slower), and the range finder stays in float32."""
+    CPU, 36x slower), and the range finder stays in float32. Asked once per device (every matrix asks)."""
     import torch
 
     if device.type == "cuda":  # bfloat16 tensor cores from Ampere (compute capability 8.0) on
