@@ -14,8 +14,10 @@ checks that every parameter is bit-identical to the baseline again. ``ratio = ex
 bit-exact), and compares the fastest apply+restore with one evaluation of the same windows, timed before and
 after in the same process at the same thread count (the faster of the two is the denominator, so the
 percentage errs high). It keeps the effects of the last full run and replaces the timing section of its thread count.
-A change keeps its backups as a plugin worker does: ``--backup-ram`` MiB in RAM (default 64, the plugin's default),
-the rest in a scratch file in the system's temporary directory.
+The process runs as a plugin worker does: glibc's mmap threshold pinned (``pytest_proofpack.malloc``; start it with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, as the plugin starts its workers), windows evaluated by the engine's
+``token_nll``, and a change keeping its backups as a worker does: ``--backup-ram`` MiB in RAM (default 64, the
+plugin's default), the rest in a scratch file in the system's temporary directory.
 
 Both write ``--out`` (markdown) and its ``.json`` twin atomically. Timings are wall clock on a shared machine:
 the load average before and after is recorded; compare columns of one run, not across runs.
@@ -42,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_proofpack.edits import apply_edit, parse_edit_spec
 from pytest_proofpack.edits.apply import BackupPolicy, set_backup_policy
+from pytest_proofpack.engine.metric import token_nll
 from pytest_proofpack.faults import apply_fault
+from pytest_proofpack.malloc import pin_malloc_mmap_threshold
 from pytest_proofpack.models.adapters import find_blocks
 
 SCHEMA = "proofpack_edit_effects_v2"
@@ -55,14 +59,9 @@ def make_windows(tokens: np.ndarray[Any, Any], n: int, seq: int) -> torch.Tensor
 
 @torch.inference_mode()
 def window_losses(model: Any, windows: torch.Tensor, batch: int) -> torch.Tensor:
-    out = []
-    for i in range(0, windows.shape[0], batch):
-        x = windows[i : i + batch]
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
-        )
-        out.append(ce.view(x.shape[0], -1).mean(1))
+    """Mean NLL per window, ``batch`` windows per forward, through the engine's ``token_nll`` (what a worker's
+    evaluation runs)."""
+    out = [token_nll(model, windows[i : i + batch]).mean(1) for i in range(0, windows.shape[0], batch)]
     return torch.cat(out).double()
 
 
@@ -160,6 +159,7 @@ def main() -> int:
 
 
     torch.set_num_threads(args.threads)
+    pin_malloc_mmap_threshold()  # the malloc policy of a worker that holds a model (pytest_proofpack.malloc)
     set_backup_policy(BackupPolicy(None if args.backup_ram < 0 else args.backup_ram << 20))
     from smoke_assets import model_and_tokens  # bench/ is on sys.path when run as a script
 

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_proofpack.errors import SpecError
+from pytest_proofpack.malloc import reusing_heap
 
 if TYPE_CHECKING:
     import torch
@@ -237,6 +238,7 @@ class AppliedChange:
         """Run ``fn`` during ``restore`` (after the steps recorded later, before those recorded earlier)."""
         self._undo.append(fn)
 
+    @reusing_heap()  # a spilled backup's read-back buffers and the like reuse heap pages (pytest_proofpack.malloc)
     def restore(self) -> None:
         """Undo everything, newest first. A second call does nothing."""
         if self._restored:
@@ -370,6 +372,7 @@ def _summarize(measured: list[Measured]) -> tuple[int, list[float]]:
     return changed, rel
 
 
+@reusing_heap()  # the per-matrix temporaries reuse heap pages instead of faulting fresh ones (pytest_proofpack.malloc)
 def apply_edit(
     model: nn.Module, spec: EditSpec, *, seed: int = 0, registry: EditRegistry | None = None
 ) -> AppliedChange:

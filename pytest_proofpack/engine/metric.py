@@ -35,6 +35,7 @@ import numpy as np
 from pytest_proofpack.engine.bootstrap import bca_interval
 from pytest_proofpack.engine.config import HYSTERESIS_RATIO, EngineConfig
 from pytest_proofpack.errors import ProofpackError
+from pytest_proofpack.malloc import reusing_heap
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +65,7 @@ class PairingError(ProofpackError):
     error_class = "bad_input"
 
 
+@reusing_heap()  # one batch's forward: its layers' activations reuse heap pages, given back after
 def token_nll(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-position next-token NLL ``[b, seq_len - 1]`` in fp32 for full (unpadded) rows ``input_ids [b, L]``.
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_proofpack.edits.registry import did_you_mean
 from pytest_proofpack.errors import SpecError
 from pytest_proofpack.faults.env import EnvReader
+from pytest_proofpack.malloc import reusing_heap
 
 if TYPE_CHECKING:
     from torch import nn
@@ -117,6 +118,7 @@ def _check_env_keys(kind: FaultKind, error_type: str, env: Mapping[str, object])
             )
 
 
+@reusing_heap()  # its temporaries reuse heap pages (see pytest_proofpack.malloc)
 def apply_fault(
     model: nn.Module,
     error_type: str,
