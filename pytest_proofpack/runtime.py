@@ -194,7 +194,6 @@ class ModelRuntime:
                 entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
                 device=self.engine.device, dtype=self.ctx.options.dtype, allow_net=self.ctx.options.net,
                 device_map=device_map_for_process(self.engine.device),  # a multi-GPU reservation's subprocess
-                isolate_conversion=True,  # a GGUF conversion's memory stays out of this long-lived process
             )
             self.ctx.timings[f"load:{self.entry.key}"] = time.perf_counter() - t0
         return self._loaded

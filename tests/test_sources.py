@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import resource
 import secrets
 import shutil
 import time
@@ -225,12 +224,6 @@ def test_gguf_source_requires_fetched_asset(tmp_path: Path) -> None:
         )
     assert "\n" not in str(info.value)
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").glob("g-*/config.json"))
-    # A worker converts in a child interpreter; when the child fails, the error is the same clear one.
-    from pytest_proofpack.models.sources import convert_gguf
-
-    with pytest.raises(ModelLoadError, match=r"random\.gguf: cannot read GGUF file"):
-        convert_gguf(garbage, tmp_path / "isolated", isolate=True)
-    assert not (tmp_path / "isolated").exists()
     with pytest.raises(ModelLoadError, match=r"is not a \.gguf file"):
         load_model(
             ModelEntry(
@@ -271,10 +264,9 @@ def test_real_smollm2_through_gguf_source() -> None:
 
 
 @pytest.mark.slow
-def test_gguf_conversion_keeps_every_dequantised_tensor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gguf_conversion_keeps_every_dequantised_tensor(tmp_path: Path) -> None:
     """The converted directory holds exactly what transformers dequantises from the GGUF file (every tensor bit for
-    bit, the tied head still tied, no meta tensor left), made with one copy of the weights in memory, in a child
-    interpreter (``isolate=True``: how a worker converts), leaving this process's memory alone."""
+    bit, the tied head still tied, no meta tensor left), made with one copy of the weights in memory."""
     from transformers import AutoModelForCausalLM
 
     from pytest_proofpack.models.sources import convert_gguf
@@ -282,20 +274,7 @@ def test_gguf_conversion_keeps_every_dequantised_tensor(tmp_path: Path, monkeypa
     ref = _gguf_asset()
     fetched = require_fetched(*smoke_asset_names())[ref.name]
     (gguf,) = sorted(fetched.rglob("*.gguf"))
-    from pytest_proofpack.models import sources
-
-    children: list[bool] = []
-    real = sources._convert_in_child
-
-    def spy(*args: object) -> bool:
-        children.append(real(*args))  # type: ignore[arg-type]
-        return children[-1]
-
-    monkeypatch.setattr(sources, "_convert_in_child", spy)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = convert_gguf(gguf, tmp_path / "converted", isolate=True)
-    assert children == [True]  # converted by the child, not by the fallback here
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 << 10  # KiB: the weights were elsewhere
+    out = convert_gguf(gguf, tmp_path / "converted")
     direct = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
     )

@@ -253,21 +253,14 @@ def _find_gguf(
     raise ProofpackError(f"models.{entry.key}: source 'gguf' needs `asset` or `path`")
 
 
-def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False, isolate: bool = False) -> Path:
+def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False) -> Path:
     """Convert ``gguf`` into an fp32 safetensors Hugging Face directory at ``out`` (once; atomic; locked).
 
     transformers dequantises the GGUF tensors; the quantization config is dropped so the result saves and
     loads as an ordinary model, built on the meta device around those very tensors (one copy of the weights in
     memory: SmolLM2's conversion peak fell from 1558 to 1188 MiB; output files byte-identical). Returns ``out``.
-
-    ``isolate=True`` (a model worker) converts in a short-lived child interpreter, the same code, so that the
-    conversion's memory is never part of the worker's: converting in the worker and then loading the model left
-    SmolLM2's worker at 2.6x the model's fp32 size, once per machine. If the child fails, the conversion runs here
-    (and raises its clear error for a bad file).
     """
     if (out / _CONVERTED_MARKER).is_file():
-        return out
-    if isolate and _convert_in_child(gguf, out, trust_remote_code) and (out / _CONVERTED_MARKER).is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
@@ -333,26 +326,6 @@ def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False, isol
     return out
 
 
-def _convert_job() -> None:
-    """Child side of :func:`convert_gguf` with ``isolate=True``: ``argv`` = gguf path, output dir, trust flag."""
-    import sys
-
-    convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]), trust_remote_code=sys.argv[3] == "1")
-
-
-def _convert_in_child(gguf: Path, out: Path, trust_remote_code: bool) -> bool:
-    """Run :func:`_convert_job` in a fresh interpreter; whether it exited cleanly."""
-    import subprocess
-    import sys
-
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH", "")]))
-    code = "from pytest_proofpack.models.sources import _convert_job; _convert_job()"
-    argv = [sys.executable, "-c", code, str(gguf), str(out), "1" if trust_remote_code else "0"]
-    return subprocess.run(argv, env=env, capture_output=True, text=True).returncode == 0
-
-
 def _load_dir(
     directory: Path, entry: ModelEntry, dtype: str, device: str, device_map: str | None = None
 ) -> tuple[Any, Any]:
@@ -394,11 +367,8 @@ def load_model(
     dtype: str | None = None,
     allow_net: bool = False,
     device_map: str | None = None,
-    isolate_conversion: bool = False,
 ) -> LoadedModel:
     """Load ``entry`` on ``device`` in eval mode with gradients off.
-
-    ``isolate_conversion``: convert a GGUF source in a child interpreter (see :func:`convert_gguf`).
 
     ``device_map`` (e.g. ``"auto"``), when given, is passed to ``from_pretrained`` and places the weights instead
     of ``device`` (a model spread over the devices of a multi-GPU reservation).
@@ -429,10 +399,7 @@ def load_model(
         gguf, source_desc = _find_gguf(entry, assets, cache, suite)
         sha = _cached_sha256(gguf)
         directory = convert_gguf(
-            gguf,
-            cache / "models" / f"{entry.dir_name}-{sha[:12]}",
-            trust_remote_code=entry.trust_remote_code,
-            isolate=isolate_conversion,
+            gguf, cache / "models" / f"{entry.dir_name}-{sha[:12]}", trust_remote_code=entry.trust_remote_code
         )
         weights = check_model_dir(directory)
         revision = f"gguf-sha256:{sha}"
