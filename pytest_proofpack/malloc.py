@@ -42,6 +42,15 @@ MALLOC_MMAP_THRESHOLD: Final = 1 << 20
 #: The tunable that makes glibc advise its mmapped blocks as transparent huge pages (glibc >= 2.35).
 HUGETLB_TUNABLE: Final = "glibc.malloc.hugetlb"
 
+_pinned = False  # this process pinned the mmap threshold: reusing_heap may change it for a while
+_depth = 0  # reusing_heap holds open in this process
+_depth_lock = threading.Lock()
+
+
+def _tunable_names(environ: Mapping[str, str]) -> set[str]:
+    """The names set in ``environ``'s ``GLIBC_TUNABLES`` (``name=value`` items separated by ``:``)."""
+    return {item.split("=", 1)[0].strip() for item in environ.get("GLIBC_TUNABLES", "").split(":") if item.strip()}
+
 
 def glibc_version() -> tuple[int, int] | None:
     """``(major, minor)`` of the running glibc, or ``None`` (not Linux, or another C library such as musl)."""
@@ -77,15 +86,9 @@ def pin_malloc_mmap_threshold() -> bool:
     return applied
 
 
-_pinned = False
-_depth = 0
-_depth_lock = threading.Lock()
-
 
 def _user_sets_trim_threshold(environ: Mapping[str, str]) -> bool:
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    names = {item.split("=", 1)[0].strip() for item in tunables.split(":")}
-    return "MALLOC_TRIM_THRESHOLD_" in environ or "glibc.malloc.trim_threshold" in names
+    return "MALLOC_TRIM_THRESHOLD_" in environ or "glibc.malloc.trim_threshold" in _tunable_names(environ)
 
 
 @contextlib.contextmanager
@@ -136,10 +139,9 @@ def worker_glibc_tunables(environ: Mapping[str, str], version: tuple[int, int] |
     version = glibc_version() if version is None else version
     if version is None or version < (2, 35):
         return None
-    current = environ.get("GLIBC_TUNABLES", "")
-    names = {item.split("=", 1)[0].strip() for item in current.split(":") if item.strip()}
-    if HUGETLB_TUNABLE in names:
+    if HUGETLB_TUNABLE in _tunable_names(environ):
         return None
+    current = environ.get("GLIBC_TUNABLES", "")
     return f"{current}:{HUGETLB_TUNABLE}=1" if current.strip() else f"{HUGETLB_TUNABLE}=1"
 
 
