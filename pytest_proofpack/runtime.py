@@ -209,7 +209,7 @@ class ModelRuntime:
             spec = DatasetSpec.from_mapping(self.ctx.dataset, "dataset")
             corpus = load_text(spec, cache=self.ctx.cache, assets=self.ctx.catalog.assets,
                                suite=self.ctx.suite.name, allow_net=self.ctx.options.net,
-                               base_dir=self.ctx.catalog.paths["suites"].parent)
+                               base_dir=self.ctx.catalog.paths["suites"].parent, isolate=True)
             self.corpus_desc = corpus.source_desc
             self.corpus_digest = corpus.digest
             self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache, isolate=True)

@@ -338,6 +338,67 @@ def test_cached_local_corpus_loads_without_importing_datasets(tmp_path: Path) ->
     assert out == [expected.digest, "False", "False"]
 
 
+def test_an_isolated_load_reads_the_corpus_in_a_child_and_caches_it(tmp_path: Path) -> None:
+    """``isolate=True`` (what a worker uses) loads a built-in provider's corpus in a child interpreter: the
+    process that asked gets the same documents without importing ``datasets``, and the documents are cached."""
+    import subprocess
+    import sys
+
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "a.txt").write_text(_random_words(_rng(), 60), encoding="utf-8")
+    (corpus_dir / "b.txt").write_text(_random_words(_rng(), 50), encoding="utf-8")
+    spec = DatasetSpec(provider="local_text", path=str(corpus_dir))
+    expected = load_text(spec, cache=tmp_path / "here", assets={}, suite="s")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pytest_proofpack.data.providers import DatasetSpec, load_text\n"
+        f"spec = DatasetSpec(provider='local_text', path={str(corpus_dir)!r})\n"
+        f"c = load_text(spec, cache=Path({str(tmp_path / 'child')!r}), assets={{}}, suite='s', isolate=True)\n"
+        "print(c.digest, len(c.docs), 'datasets' in sys.modules, 'pyarrow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected.digest, "2", "False", "False"]
+    [cached] = (tmp_path / "child" / "corpora").glob("docs-*.json")
+    assert json.loads(cached.read_text(encoding="utf-8"))["documents"] == list(expected.docs)
+    assert not list((tmp_path / "child").glob(".load-corpus.*"))  # the child's scratch directory is gone
+
+
+def test_an_isolated_load_falls_back_to_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that cannot run: the same corpus, loaded here, with a warning that says why; a provider the child
+    cannot see (registered here) loads here, silently; an error is raised here as clearly as without isolation."""
+    import sys
+    import warnings
+
+    src = tmp_path / "doc.txt"
+    src.write_text(_random_words(_rng(), 40), encoding="utf-8")
+    spec = DatasetSpec(provider="local_text", path=str(src))
+    expected = load_text(spec, cache=tmp_path / "here", assets={}, suite="s")
+    with monkeypatch.context() as m:
+        m.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+        with pytest.warns(RuntimeWarning, match="child process failed .*no-such-python"):
+            assert load_text(spec, cache=tmp_path / "fallback", assets={}, suite="s", isolate=True) == expected
+        with pytest.raises(ProofpackError, match="matches no file"):
+            load_text(DatasetSpec(provider="local_text", path=str(tmp_path / "absent.txt")),
+                      cache=tmp_path / "fallback", assets={}, suite="s", isolate=True)
+    calls: list[str] = []
+
+    def load(spec: DatasetSpec, ctx: Any) -> tuple[list[str], str]:
+        calls.append(spec.path)
+        return ["mine"], "mine"
+
+    register_provider("mine", load)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            corpus = load_text(DatasetSpec(provider="mine", path="p"), cache=tmp_path / "c", assets={}, suite="s",
+                               isolate=True)
+        assert corpus.docs == ("mine",) and calls == ["p"]
+    finally:
+        PROVIDERS.pop("mine", None)
+
+
 # --- tokenization -------------------------------------------------------------------------------------------
 
 

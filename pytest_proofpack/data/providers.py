@@ -471,12 +471,19 @@ def load_text(
     suite: str,
     allow_net: bool = False,
     base_dir: Path | None = None,
+    isolate: bool = False,
 ) -> CorpusText:
     """Load the corpus ``spec`` names. ``base_dir`` resolves relative ``path`` values (default: the cwd).
 
     When the provider can name its content (``source_key``), the documents are kept under
-    ``<cache>/corpora/docs-<key hash>.json`` (atomic write) and a later load reads that file: a worker whose
-    corpus is cached never imports ``datasets`` (pyarrow, pandas: about 110 MiB of RSS per process).
+    ``<cache>/corpora/docs-<key hash>.json`` (atomic write, one loader at a time under a FileLock) and a later load
+    reads that file: a worker whose corpus is cached never imports ``datasets``.
+
+    ``isolate=True`` runs a built-in provider's load in a short-lived child interpreter (as
+    :func:`tokenize_corpus` tokenizes): reading a corpus through ``datasets`` leaves ``datasets``, pyarrow and the
+    Arrow table resident in the process for good (the smoke suite's corpus: +148 MiB of RSS), which a model worker
+    would carry through every scenario. A provider registered by a plugin or a conftest (the child does not import
+    those), and a child that fails, load in this process: an error is then raised here, as clear as ever.
 
     Raises :class:`CatalogError` (unknown provider), :class:`MissingAssetError` (not cached and no network, or
     asset not fetched) or :class:`ProofpackError` (no files, bad column, empty corpus).
@@ -484,16 +491,103 @@ def load_text(
     provider = get_provider(spec.provider)
     ctx = LoadContext(cache=cache, assets=assets, suite=suite, allow_net=allow_net, base_dir=base_dir)
     key = provider.source_key(spec, ctx) if provider.source_key is not None else None
-    cached = _read_doc_cache(_doc_cache_path(cache, key), key) if key is not None else None
-    docs, desc = cached if cached is not None else provider.load(spec, ctx)
+    if key is None:
+        docs, desc = _load_documents(provider, spec, ctx, isolate)
+    else:
+        path = _doc_cache_path(cache, key)
+        cached = _read_doc_cache(path, key)
+        if cached is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):  # workers starting together load the corpus once
+                cached = _read_doc_cache(path, key)
+                if cached is None:
+                    docs, desc = _load_documents(provider, spec, ctx, isolate)
+                    _check_not_empty(spec, docs, desc)
+                    payload = {"format": _DOC_CACHE_FORMAT, "key": key, "source_desc": desc, "documents": list(docs)}
+                    atomic_write_text(path, json.dumps(payload, ensure_ascii=False))
+        if cached is not None:
+            docs, desc = cached
+    _check_not_empty(spec, docs, desc)
+    return CorpusText.from_documents(docs, desc)
+
+
+def _check_not_empty(spec: DatasetSpec, docs: Sequence[str], desc: str) -> None:
     if not any(d.strip() for d in docs):
         raise ProofpackError(f"dataset {spec.provider}: the corpus ({desc}) is empty")
-    if key is not None and cached is None:
-        payload = {"format": _DOC_CACHE_FORMAT, "key": key, "source_desc": desc, "documents": list(docs)}
-        path = _doc_cache_path(cache, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(payload, ensure_ascii=False))
-    return CorpusText.from_documents(docs, desc)
+
+
+def _load_documents(provider: Provider, spec: DatasetSpec, ctx: LoadContext, isolate: bool) -> tuple[list[str], str]:
+    """``provider.load(spec, ctx)``, in a child interpreter when ``isolate`` and the provider is built in."""
+    if not isolate or getattr(provider.load, "__module__", None) != __name__:
+        return provider.load(spec, ctx)
+    loaded, why = _load_in_child(spec, ctx)
+    if loaded is not None:
+        return loaded
+    result = provider.load(spec, ctx)  # a real error (a missing asset, no file) is raised here, clearly
+    import warnings
+
+    warnings.warn(f"loading the corpus in a child process failed ({why}); loaded it in this process",
+                  RuntimeWarning, stacklevel=3)
+    return result
+
+
+def _load_job() -> None:
+    """Entry point of the child of :func:`_load_in_child`: ``argv[1]`` is a pickle of ``(out path, spec, ctx)``;
+    writes ``{"documents", "source_desc"}`` as JSON to the out path."""
+    import pickle
+    import sys
+
+    with open(sys.argv[1], "rb") as fh:
+        out, spec, ctx = pickle.load(fh)  # our own file, written just before
+    docs, desc = get_provider(spec.provider).load(spec, ctx)
+    atomic_write_text(Path(out), json.dumps({"documents": list(docs), "source_desc": desc}, ensure_ascii=False))
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a child interpreter that imports this package from where this process did."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH", "")]))
+    return env
+
+
+def _run_child(code: str, job: Path) -> str | None:
+    """Run ``python -c code job`` in a fresh interpreter; ``None`` on exit status 0, else why it failed."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(job)], env=_child_env(), capture_output=True,
+                              text=True)
+    except OSError as exc:
+        return f"cannot start {sys.executable}: {exc}"
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        return tail[0]
+    return None
+
+
+def _load_in_child(spec: DatasetSpec, ctx: LoadContext) -> tuple[tuple[list[str], str] | None, str]:
+    """Run :func:`_load_job` in a fresh interpreter: ``((documents, source_desc), "")``, or ``(None, why)``."""
+    import dataclasses
+    import pickle
+
+    ctx.cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".load-corpus.", dir=ctx.cache) as tmp:
+        job, out = Path(tmp) / "job.pickle", Path(tmp) / "documents.json"
+        try:
+            with open(job, "wb") as fh:
+                pickle.dump((str(out), spec, dataclasses.replace(ctx, assets=dict(ctx.assets))), fh)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            return None, f"the dataset spec cannot be pickled ({exc})"
+        why = _run_child("from pytest_proofpack.data.providers import _load_job; _load_job()", job)
+        data = read_json_object(out) if why is None else None
+    if why is not None:
+        return None, why
+    docs, desc = (data or {}).get("documents"), (data or {}).get("source_desc")
+    if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs) or not isinstance(desc, str):
+        return None, "the child wrote no documents"
+    return (docs, desc), ""
 
 
 # --- tokenization -------------------------------------------------------------------------------------
@@ -560,12 +654,7 @@ def _tokenize_job() -> None:
 def _tokenize_in_child(path: Path, documents: Sequence[str], tokenizer: Any, eos: int | None) -> str | None:
     """Run :func:`_tokenize_job` in a fresh interpreter; ``None`` on success, else why it failed."""
     import pickle
-    import subprocess
-    import sys
 
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH", "")]))
     with tempfile.TemporaryDirectory(prefix=".tokenize.", dir=path.parent) as tmp:
         job = Path(tmp) / "job.pickle"
         try:
@@ -573,12 +662,10 @@ def _tokenize_in_child(path: Path, documents: Sequence[str], tokenizer: Any, eos
                 pickle.dump((str(path), tuple(documents), tokenizer, eos), fh)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             return f"the tokenizer cannot be pickled ({exc})"
-        code = "from pytest_proofpack.data.providers import _tokenize_job; _tokenize_job()"
-        done = subprocess.run([sys.executable, "-c", code, str(job)], env=env, capture_output=True, text=True)
-    if done.returncode != 0 or not path.is_file():
-        tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        return tail[0]
-    return None
+        why = _run_child("from pytest_proofpack.data.providers import _tokenize_job; _tokenize_job()", job)
+    if why is None and not path.is_file():
+        return "the child wrote no token file"
+    return why
 
 
 def tokenize_corpus(
