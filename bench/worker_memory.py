@@ -162,6 +162,24 @@ class Phases:
         setattr(owner, attr, wrapped)
 
 
+def start_as_worker(script: str, args: list[str]) -> None:
+    """Run ``script`` again with the glibc tunables a plugin worker starts with (glibc reads them at start, so
+    the process execs itself, as xdist starts a worker); returns when they are already set."""
+    from pytest_proofpack.malloc import worker_glibc_tunables
+
+    tunables = worker_glibc_tunables(os.environ)
+    if tunables is not None:
+        os.environ["GLIBC_TUNABLES"] = tunables
+        os.execv(sys.executable, [sys.executable, os.path.abspath(script), *args])
+
+
+def worker_threads(threads: int) -> None:
+    """The thread settings of a scheduled CPU worker; before torch is imported."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PROOFPACK_TORCH_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def scratch_cache(real: Path) -> Path:
     """A temporary cache holding links to ``real``'s converted models and token streams, no baselines/presets."""
     tmp = Path(tempfile.mkdtemp(prefix="worker_memory_cache_"))
@@ -207,17 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads < 1:
         ap.error("--threads must be >= 1")
     if not a.no_hugepages:
-        from pytest_proofpack.malloc import worker_glibc_tunables
-
-        tunables = worker_glibc_tunables(os.environ)
-        if tunables is not None:  # glibc reads it at start: run this script again with it, as xdist starts a worker
-            os.environ["GLIBC_TUNABLES"] = tunables
-            args = sys.argv[1:] if argv is None else argv
-            os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *args])
+        start_as_worker(__file__, sys.argv[1:] if argv is None else argv)
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}")
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PROOFPACK_TORCH_THREADS"):
-        os.environ[name] = str(a.threads)  # before torch is imported, like a scheduled worker
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    worker_threads(a.threads)
     env_cache = os.environ.get("PROOFPACK_CACHE")
     real_cache = (a.cache or (Path(env_cache) if env_cache else Path.home() / ".cache" / "pytest_proofpack"))
     real_cache = real_cache.expanduser().resolve()
