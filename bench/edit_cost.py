@@ -41,18 +41,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout: the working tree's package
 
-from worker_memory import build_runtime, start_as_worker, worker_threads  # noqa: E402  (bench/ is on sys.path)
-
-
-def snapshot(model: Any) -> dict[str, Any]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_as(model: Any, snap: dict[str, Any]) -> bool:
-    import torch
-
-    sd = model.state_dict()
-    return sd.keys() == snap.keys() and all(torch.equal(sd[k], snap[k]) for k in snap)
+from worker_memory import (  # noqa: E402  (bench/ is on sys.path)
+    build_runtime,
+    parse_runs,
+    start_as_worker,
+    worker_threads,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     start_as_worker(__file__, sys.argv[1:] if argv is None else argv)
     worker_threads(a.threads)
 
+    from edit_effects import same_as, snapshot  # imports torch: after the thread settings
+
     import pytest_proofpack.engine.evaluate as engine_evaluate
     from pytest_proofpack.assets import cache_root
     from pytest_proofpack.execute import apply_change, probes_for
@@ -76,12 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     runtime, cases = build_runtime(a.suite, cache_root(), Path(tempfile.mkdtemp(prefix="edit_cost_run_")))
     by_key = {(c.scenario.id, c.run): c for c in cases}
     if a.runs:
-        wanted = []
-        for item in filter(None, (s.strip() for s in a.runs.split(","))):
-            scenario, _, run = item.rpartition(":")
-            if (scenario, int(run) if run.isdigit() else -1) not in by_key:
-                ap.error(f"--runs: {item!r} is not SCENARIO:RUN of suite {a.suite!r}")
-            wanted.append(by_key[(scenario, int(run))])
+        pairs = parse_runs(ap, a.runs)
+        missing = [f"{s}:{r}" for s, r in pairs if (s, r) not in by_key]
+        if missing:
+            ap.error(f"--runs: {', '.join(missing)} not in suite {a.suite!r}")
+        wanted = [by_key[pair] for pair in pairs]
     else:
         wanted = [c for c in cases if c.run == 1]
     forward = {"s": 0.0}

@@ -180,6 +180,17 @@ def worker_threads(threads: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+def parse_runs(ap: argparse.ArgumentParser, value: str) -> list[tuple[str, int]]:
+    """``--runs SCENARIO:RUN,...`` as ``[(scenario, run)]``; a malformed item is a usage error."""
+    wanted = []
+    for item in filter(None, (s.strip() for s in value.split(","))):
+        scenario, _, run = item.rpartition(":")
+        if not scenario or not run.isdigit():
+            ap.error(f"--runs: {item!r} is not SCENARIO:RUN (e.g. nan_injection:1)")
+        wanted.append((scenario, int(run)))
+    return wanted
+
+
 def scratch_cache(real: Path) -> Path:
     """A temporary cache holding links to ``real``'s converted models and token streams, no baselines/presets."""
     tmp = Path(tempfile.mkdtemp(prefix="worker_memory_cache_"))
@@ -231,12 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     env_cache = os.environ.get("PROOFPACK_CACHE")
     real_cache = (a.cache or (Path(env_cache) if env_cache else Path.home() / ".cache" / "pytest_proofpack"))
     real_cache = real_cache.expanduser().resolve()
-    wanted = []
-    for item in filter(None, (s.strip() for s in a.runs.split(","))):
-        scenario, _, run = item.rpartition(":")
-        if not scenario or not run.isdigit():
-            ap.error(f"--runs: {item!r} is not SCENARIO:RUN (e.g. nan_injection:1)")
-        wanted.append((scenario, int(run)))
+    wanted = parse_runs(ap, a.runs)
     if a.tracemalloc:
         tracemalloc.start()
     ph = Phases(a.tracemalloc)

@@ -86,7 +86,6 @@ def pin_malloc_mmap_threshold() -> bool:
     return applied
 
 
-
 def _user_sets_trim_threshold(environ: Mapping[str, str]) -> bool:
     return "MALLOC_TRIM_THRESHOLD_" in environ or "glibc.malloc.trim_threshold" in _tunable_names(environ)
 
