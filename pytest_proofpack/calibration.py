@@ -61,7 +61,7 @@ class PresetError(ProofpackError):
     error_class = "bad_input"
 
 
-def _record(kind: str, run: int, report: Mapping[str, Any]) -> dict[str, Any]:
+def _calibration_record(kind: str, run: int, report: Mapping[str, Any], edit: str | None = None) -> dict[str, Any]:
     """The statistics of one calibration evaluation that the derivation and the false-alarm check need."""
     pm, spec, rmt, var = report["primary_metric"], report["spectral"], report["rmt"], report["variance"]
     top = var.get("top_scales") or []
@@ -69,6 +69,7 @@ def _record(kind: str, run: int, report: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": kind,
         "run": run,
+        "edit": edit,
         "ratio": pm.get("ratio_vs_baseline"),
         "drift_gap": (pm.get("drift") or {}).get("log_gap"),
         "spectral_family_max": {f: v["max_abs_log_ratio"] for f, v in spec.get("families", {}).items()},
@@ -154,11 +155,14 @@ def calibration_run(
     run: int,
     *,
     benign: BenignEdit | None = None,
+    benign_per_run: int = 1,
 ) -> dict[str, Any]:
     """Calibration run ``run`` (0-based): ``{"window": {seed, digests}, "records": [...]}``, JSON-able.
 
-    A run depends only on its index, the model and ``cfg``, so runs can be computed by different processes and
-    assembled by :func:`assemble` in index order. The model is left as it was found.
+    With ``benign``, the run evaluates ``benign_per_run`` benign edits, ``benign(model, run * benign_per_run + j)``
+    for ``j < benign_per_run``, all on the run's windows. A run depends only on its index, the model and ``cfg``,
+    so runs can be computed by different processes and assembled by :func:`assemble` in index order. The model is
+    left as it was found.
     """
     seed = cfg.seed + RUN_SEED_STRIDE * (run + 1)
     run_cfg = dataclasses.replace(cfg, seed=seed)
@@ -171,12 +175,20 @@ def calibration_run(
     deterministic = str(cfg.device).startswith("cpu")
     records: list[dict[str, Any]] = []
     if benign is None or not deterministic:
-        records.append(_record("null", run, evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report))
+        report = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
+        records.append(_calibration_record("null", run, report))
     if benign is not None:
-        with benign(model, run):
-            rep = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
-        records.append(_record("benign", run, rep))
+        for index in range(run * benign_per_run, (run + 1) * benign_per_run):
+            with benign(model, index) as change:
+                report = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
+            records.append(_calibration_record("benign", run, report, _edit_label(change)))
     return {"window": window, "records": records}
+
+
+def _edit_label(change: object) -> str | None:
+    """The spec of an applied edit, from its metadata when it carries one."""
+    meta = getattr(change, "metadata", None)
+    return str(meta["spec"]) if isinstance(meta, Mapping) and "spec" in meta else None
 
 
 def assemble(

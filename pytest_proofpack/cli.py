@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_proofpack.errors import PackError, ProofpackError
+from pytest_proofpack.tune_command import add_tune
 
 __all__ = ["build_parser", "main"]
 
@@ -121,7 +122,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_verify, _add_merge, _add_report, _add_fetch]
+_SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_verify, _add_merge, _add_report, _add_fetch, add_tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -213,3 +213,13 @@ def read_options(config: pytest.Config) -> Options:
     names = {f.name for f in fields(Options)}
     assert names == set(values), names ^ set(values)
     return Options(**values)
+
+
+def default_options(**overrides: Any) -> Options:
+    """Every option at its default, then ``overrides`` (already typed values): for commands run outside pytest."""
+    values: dict[str, Any] = {spec.name.replace("-", "_"): spec.default for spec in _SPECS}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise OptionError(f"unknown option(s) {', '.join(sorted(unknown))}")
+    values.update(overrides)
+    return Options(**values)

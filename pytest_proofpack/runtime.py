@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -25,22 +24,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from pytest_proofpack import ENGINE_VERSION
 from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
 from pytest_proofpack.results import atomic_write_json, atomic_write_text, read_json_object
+from pytest_proofpack.shared_cache import load_or_compute, shared_parts, stable_digest
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from pytest_proofpack.benign import BenignPlan
     from pytest_proofpack.catalog import Catalog, Suite
     from pytest_proofpack.data.windows import WindowSet
     from pytest_proofpack.engine.config import EngineConfig
     from pytest_proofpack.models import ModelEntry
     from pytest_proofpack.models.sources import LoadedModel
     from pytest_proofpack.options import Options
+    from pytest_proofpack.tuned import ModelTuning
 
 
 @dataclass
@@ -107,50 +109,6 @@ def parse_dataset_option(value: str, datasets: Mapping[str, Mapping[str, Any]]) 
     )
 
 
-def _load_or_compute(
-    path: Path, compute: Callable[[], dict[str, Any]], *, blocking: bool = True
-) -> dict[str, Any] | None:
-    """``path``'s JSON object, or ``compute()`` stored there atomically, under ``path``'s FileLock (a corrupt entry
-    is recomputed, never trusted). Either way the value comes back in its JSON form, so every process sees the
-    same numbers. ``None`` only when ``blocking`` is false and another process holds the lock."""
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(blocking=blocking)
-    except Timeout:
-        return None
-    try:
-        data = read_json_object(path)
-        if data is None:
-            data = json.loads(json.dumps(compute()))
-            atomic_write_json(path, data)
-        return data
-    finally:
-        lock.release()
-
-
-def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Items ``0..n-1``, each computed once across processes and kept as ``<directory>/part_<i>.json``.
-
-    A first pass takes every item that no other process holds (a non-blocking FileLock per item) and computes it
-    unless it is on disk; a second pass waits for the items that were held and reads them. Workers that reach the
-    same uncalibrated model together therefore split its calibration runs instead of one computing them all while
-    the others wait.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    out: dict[int, dict[str, Any]] = {}
-    for blocking in (False, True):
-        for i in range(n):
-            if i not in out:
-                got = _load_or_compute(directory / f"part_{i}.json", functools.partial(compute, i), blocking=blocking)
-                if got is not None:
-                    out[i] = got
-    return [out[i] for i in range(n)]
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class ModelRuntime:
     """One model on one worker. Attributes load on first use; :meth:`close` frees the model."""
 
@@ -215,11 +173,13 @@ class ModelRuntime:
             self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache, isolate=True)
         return self._tokens
 
-    def make_windows(self, seed: int) -> tuple[WindowSet, WindowSet]:
-        from pytest_proofpack.data.windows import make_eval_windows
+    def make_windows(self, seed: int, pool: str = "evaluation") -> tuple[WindowSet, WindowSet]:
+        """Preview and final windows drawn with ``seed`` from ``pool``'s chunks only (see ``POOL_SHARES``)."""
+        from pytest_proofpack.data.windows import make_eval_windows, pool_exclusion
 
-        s = self.settings
-        return make_eval_windows(self.tokens(), s["seq_len"], s["n_preview"], s["n_final"], seed)
+        s, tokens = self.settings, self.tokens()
+        exclude = pool_exclusion(int(tokens.size), s["seq_len"], pool, self.ctx.options.seed)
+        return make_eval_windows(tokens, s["seq_len"], s["n_preview"], s["n_final"], seed, exclude=exclude)
 
     def window_seed(self, run: int) -> int:
         """Run ``r`` of a scenario evaluates its own window sample, so runs are real replicates."""
@@ -235,13 +195,13 @@ class ModelRuntime:
         """Load ``<cache>/<kind>/<digest>.json`` or compute it once across workers under a FileLock."""
         path = self.ctx.cache / kind / f"{digest}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load_or_compute(path, compute)
+        data = load_or_compute(path, compute)
         assert data is not None, "a blocking acquire returns or raises"
         return data
 
     def baseline_digest(self, run: int = 1) -> str:
         preview, final = self.windows(run)
-        return _digest("baseline", ENGINE_VERSION, self.loaded.fingerprint, self.loaded.dtype,
+        return stable_digest("baseline", ENGINE_VERSION, self.loaded.fingerprint, self.loaded.dtype,
                        preview.digest, final.digest, self.engine.digest())
 
     def baseline(self, run: int = 1) -> Any:
@@ -286,16 +246,18 @@ class ModelRuntime:
             preset = loaded
         else:
             runs = self.ctx.calibration_runs()
-            from pytest_proofpack import benign, calibration
+            from pytest_proofpack import calibration
+            from pytest_proofpack.data.windows import POOL_SHARES
 
-            # Everything that shapes a preset keys its cache entry: a changed benign set or floor recalibrates.
-            digest = _digest("preset", self.baseline_digest(), runs, benign.BENIGN_SPECS, calibration.FLOORS,
-                             calibration.MARGIN, calibration.RUN_SEED_STRIDE)
+            plan = self.benign_plan()
+            # Everything that shapes a preset keys its cache entry: a changed benign plan or floor recalibrates.
+            digest = stable_digest("preset", self.baseline_digest(), runs, plan.describe(), POOL_SHARES,
+                                   calibration.FLOORS, calibration.MARGIN, calibration.RUN_SEED_STRIDE)
             t0 = time.perf_counter()
             found = read_json_object(self.ctx.cache / "presets" / f"{digest}.json")
             if found is None:
                 # The runs are shared out first (no preset lock held), then one worker assembles the preset.
-                parts = self._calibration_parts(digest, runs)
+                parts = self._calibration_parts(digest, runs, plan)
                 base = self.baseline()  # before the preset lock: never wait for a baseline while holding it
                 found = self._cached("presets", digest, lambda: self._assemble_preset(parts, base))
             preset = found
@@ -303,17 +265,27 @@ class ModelRuntime:
         self._publish_preset(preset)
         return preset
 
-    def _calibration_parts(self, digest: str, runs: int) -> list[dict[str, Any]]:
-        from pytest_proofpack.benign import benign_edits
+    def benign_plan(self) -> BenignPlan:
+        """Calibration's benign edits: this model's tuned clean settings and their ladder neighbours."""
+        from pytest_proofpack.benign import plan_from_tuned
+
+        return plan_from_tuned(self.model, self.tuning.entries())
+
+    @functools.cached_property
+    def tuning(self) -> ModelTuning:
+        """This model's clean-edit entries (the catalog's, else measured by the tuner)."""
+        from pytest_proofpack.tuned import ModelTuning
+
+        return ModelTuning(self)
+
+    def _calibration_parts(self, digest: str, runs: int, plan: BenignPlan) -> list[dict[str, Any]]:
         from pytest_proofpack.calibration import calibration_run
 
-        # Calibration windows use seeds disjoint from the evaluation seed, so no scenario is judged on the
-        # very windows its thresholds were fitted on.
-        base_seed = self.ctx.options.seed + 1000
-
+        # Calibration windows come from their own pool of chunks, so no scenario is judged on the very windows its
+        # thresholds were fitted on.
         def run(i: int) -> dict[str, Any]:
-            return calibration_run(self.model, lambda seed: self.make_windows(base_seed + seed), self.engine, i,
-                                   benign=benign_edits(self.model))
+            return calibration_run(self.model, lambda seed: self.make_windows(seed, "calibration"), self.engine, i,
+                                   benign=plan, benign_per_run=plan.per_run)
 
         return shared_parts(self.ctx.cache / "presets" / f"{digest}.runs", runs, run)
 
@@ -321,6 +293,7 @@ class ModelRuntime:
         from pytest_proofpack.calibration import assemble
 
         preset = assemble(parts, base, self.engine, benign=True)
+        preset["calibration"]["benign_plan"] = self.benign_plan().describe()
         preset.setdefault("model", {"key": self.entry.key, "hub_id": self.entry.hub_id})
         return preset
 

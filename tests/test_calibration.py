@@ -36,7 +36,7 @@ from pytest_proofpack.engine.config import EngineConfig
 from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline
 from pytest_proofpack.engine.report import json_safe
 from pytest_proofpack.models.adapters import matrix, weight_refs
-from pytest_proofpack.runtime import shared_parts
+from pytest_proofpack.shared_cache import shared_parts
 
 CFG = EngineConfig(bootstrap_replicates=200, guard_windows=2, batch_size=4)
 
@@ -176,7 +176,7 @@ def test_shared_parts_skips_a_held_part_then_waits_for_it(tmp_path: Path) -> Non
 SHARED_PROBE = """
 import json, os, sys, time
 from pathlib import Path
-from pytest_proofpack.runtime import shared_parts
+from pytest_proofpack.shared_cache import shared_parts
 
 root = Path(sys.argv[1])
 (root / f"ready_{os.getpid()}").touch()

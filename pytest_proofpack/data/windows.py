@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pytest_proofpack.errors import ProofpackError
 
@@ -28,6 +28,7 @@ __all__ = [
     "chunk_count",
     "chunk_indices",
     "make_eval_windows",
+    "pool_exclusion",
     "select_windows",
     "token_hash",
     "verify_pairing",
@@ -130,12 +131,38 @@ def select_windows(
 
 
 def make_eval_windows(
-    tokens: npt.NDArray[np.int64], seq_len: int, n_preview: int, n_final: int, seed: int
+    tokens: npt.NDArray[np.int64], seq_len: int, n_preview: int, n_final: int, seed: int,
+    *, exclude: frozenset[int] = frozenset(),
 ) -> tuple[WindowSet, WindowSet]:
-    """Disjoint preview and final window sets: the final draw excludes the preview's chunks."""
-    preview = select_windows(tokens, seq_len, n_preview, seed)
-    final = select_windows(tokens, seq_len, n_final, seed, exclude=chunk_indices(preview))
+    """Disjoint preview and final window sets, none of them in ``exclude``: the final draw also excludes the
+    preview's chunks."""
+    preview = select_windows(tokens, seq_len, n_preview, seed, exclude=exclude)
+    final = select_windows(tokens, seq_len, n_final, seed, exclude=exclude | chunk_indices(preview))
     return preview, final
+
+
+#: What each share of a corpus's chunks is for. Every window draw takes chunks from one pool only, so thresholds
+#: and tuned settings are never judged on the windows they were chosen on.
+POOL_SHARES: Final[dict[str, float]] = {"tuning": 0.2, "calibration": 0.3, "evaluation": 0.5}
+
+
+def pool_exclusion(n_tokens: int, seq_len: int, pool: str, seed: int) -> frozenset[int]:
+    """The chunk indices *outside* ``pool``: pass them as ``exclude`` to draw from ``pool`` only.
+
+    Chunks are assigned to pools by one seeded permutation of all chunk indices, cut by :data:`POOL_SHARES`
+    (in its order), so the pools are disjoint and the same for every draw of a session with the same ``seed``.
+    """
+    import numpy as np
+
+    if pool not in POOL_SHARES:
+        raise ProofpackError(f"window pool {pool!r} is not one of {', '.join(POOL_SHARES)}")
+    total = chunk_count(n_tokens, seq_len)
+    order = np.random.default_rng(seed).permutation(total)
+    edges = np.cumsum([0.0, *POOL_SHARES.values()]) * total
+    names = list(POOL_SHARES)
+    k = names.index(pool)
+    inside = order[round(float(edges[k])): round(float(edges[k + 1]))]
+    return frozenset(range(total)) - frozenset(int(i) for i in inside)
 
 
 def _row_hashes(windows: WindowSet) -> list[str]:
