@@ -438,7 +438,7 @@ def _load_suites(path: Path, scenario_suites: set[str]) -> dict[str, Any]:
     datasets = doc.get("datasets") or {}
     if not isinstance(datasets, Mapping):
         raise _err(path, "$.datasets", "must be an object of name: {provider: ...}")
-    from pytest_proofpack.data.providers import DatasetSpec
+    from pytest_proofpack.data.registry import DatasetSpec
 
     for name, d in datasets.items():
         if not isinstance(d, Mapping) or not isinstance(d.get("provider"), str):
