@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from pytest_proofpack.data.registry import DatasetSpec
     from pytest_proofpack.models import AssetRef
-    from pytest_proofpack.models.sources import LoadedModel
+    from pytest_proofpack.models.loading import LoadedModel
 
 SUITE = "smoke"
 MODEL_KEY = "smollm2-135m"
@@ -72,7 +72,7 @@ def require_fetched(*names: str) -> dict[str, Path]:
 @lru_cache(maxsize=1)
 def load_smol() -> LoadedModel:
     """SmolLM2-135M from the fetched GGUF via ``load_model`` (fp32 on CPU), loaded once per test process."""
-    from pytest_proofpack.models.sources import load_model
+    from pytest_proofpack.models.loading import load_model
 
     catalog = smoke_catalog()
     require_fetched(*smoke_asset_names())
