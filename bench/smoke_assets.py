@@ -37,8 +37,8 @@ def smoke_model_and_tokens() -> tuple[Any, np.ndarray, str]:
     """``(model, int64 token stream, model key)`` of the smoke suite's first model and its dataset."""
     from pytest_proofpack.assets import cache_root
     from pytest_proofpack.catalog import load_catalog
-    from pytest_proofpack.data.providers import DatasetSpec, load_text, tokenize_corpus
-    from pytest_proofpack.models.sources import load_model
+    from pytest_proofpack.data import DatasetSpec, load_text, tokenize_corpus
+    from pytest_proofpack.models.loading import load_model
 
     catalog = load_catalog()
     suite = catalog.suite(SUITE)

@@ -308,7 +308,7 @@ def naive_prepare(cache: str, runs: list[int]) -> dict[str, Any]:
     from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.data import DatasetSpec, load_text, tokenize_corpus
     from pytest_proofpack.data.windows import make_eval_windows
-    from pytest_proofpack.models.sources import load_model
+    from pytest_proofpack.models.loading import load_model
     from pytest_proofpack.runtime import RUN_WINDOW_STRIDE
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -389,7 +389,7 @@ def naive_case(case: Selected) -> dict[str, Any]:
     """One reference-style scenario run: 3 loads, 3 padded batch-1 evaluations, a checkpoint round trip."""
     import gc
 
-    from pytest_proofpack.models.sources import load_model
+    from pytest_proofpack.models.loading import load_model
 
     t0 = time.perf_counter()
     entry, cache, catalog = _STATE["entry"], _STATE["cache"], _STATE["catalog"]

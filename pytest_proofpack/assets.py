@@ -242,7 +242,8 @@ def fetch_asset(
             }
             (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
             if final.exists():
-                # An incomplete leftover from a crash before this scheme existed; the lock makes this safe.
+                # Without the marker the directory is not a complete asset (copied by hand, or left by an older
+                # layout): replace it. The lock keeps every other fetcher out meanwhile.
                 shutil.rmtree(final)
             os.replace(staging, final)
     return final

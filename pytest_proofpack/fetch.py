@@ -5,25 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_proofpack.assets import fetch_asset
 from pytest_proofpack.catalog import Catalog
 from pytest_proofpack.errors import CatalogError
 
 
 def suite_assets(catalog: Catalog, suite: str, models: Sequence[str] = ()) -> list[str]:
     """Names of the assets used by the suite's models and dataset, in a stable order."""
-    s = catalog.suite(suite)
-    entries = catalog.resolve_models(s, list(models) or None)
+    suite_entry = catalog.suite(suite)
+    entries = catalog.resolve_models(suite_entry, list(models) or None)
     names = [e.asset for e in entries if e.asset]
-    ds_asset = catalog.datasets[s.dataset].get("asset")
-    if ds_asset:
-        names.append(str(ds_asset))
+    dataset_asset = catalog.datasets[suite_entry.dataset].get("asset")
+    if dataset_asset:
+        names.append(str(dataset_asset))
     return list(dict.fromkeys(names))
 
 
 def fetch(catalog: Catalog, cache: Path, *, suite: str | None, assets: Sequence[str] = ()) -> list[tuple[str, Path]]:
     """Fetch ``assets`` (or every asset of ``suite``, or every asset at all); returns ``(name, directory)``."""
-    from pytest_proofpack.assets import fetch_asset
-
     if assets:
         names = list(assets)
     elif suite:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pytest_proofpack.data.windows import WindowSet
     from pytest_proofpack.engine.config import EngineConfig
     from pytest_proofpack.models import ModelEntry
-    from pytest_proofpack.models.sources import LoadedModel
+    from pytest_proofpack.models.loading import LoadedModel
     from pytest_proofpack.options import Options
     from pytest_proofpack.tuned import ModelTuning
 
@@ -131,7 +131,7 @@ class ModelRuntime:
     def loaded(self) -> LoadedModel:
         if self._loaded is None:
             from pytest_proofpack.malloc import pin_malloc_mmap_threshold
-            from pytest_proofpack.models.sources import load_model
+            from pytest_proofpack.models.loading import load_model
 
             pin_malloc_mmap_threshold()
             from pytest_proofpack.edits.apply import BackupPolicy, set_backup_policy

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from pytest_proofpack.data.providers import DatasetSpec
+    from pytest_proofpack.data.registry import DatasetSpec
     from pytest_proofpack.models import AssetRef
-    from pytest_proofpack.models.sources import LoadedModel
+    from pytest_proofpack.models.loading import LoadedModel
 
 SUITE = "smoke"
 MODEL_KEY = "smollm2-135m"
@@ -72,7 +72,7 @@ def require_fetched(*names: str) -> dict[str, Path]:
 @lru_cache(maxsize=1)
 def load_smol() -> LoadedModel:
     """SmolLM2-135M from the fetched GGUF via ``load_model`` (fp32 on CPU), loaded once per test process."""
-    from pytest_proofpack.models.sources import load_model
+    from pytest_proofpack.models.loading import load_model
 
     catalog = smoke_catalog()
     require_fetched(*smoke_asset_names())
@@ -81,7 +81,7 @@ def load_smol() -> LoadedModel:
 
 def smoke_dataset_spec() -> DatasetSpec:
     """The smoke suite's dataset entry (Shakespeare) as the data providers take it."""
-    from pytest_proofpack.data.providers import DatasetSpec
+    from pytest_proofpack.data.registry import DatasetSpec
 
     catalog = smoke_catalog()
     return DatasetSpec.from_mapping(catalog.datasets[catalog.suite(SUITE).dataset], "dataset")
@@ -89,7 +89,8 @@ def smoke_dataset_spec() -> DatasetSpec:
 
 def smoke_tokens(tokenizer: Any) -> npt.NDArray[np.int64]:
     """The smoke suite's corpus (Shakespeare) through its data provider, tokenized (and cached) by ``tokenizer``."""
-    from pytest_proofpack.data.providers import load_text, tokenize_corpus
+    from pytest_proofpack.data.corpus import load_text
+    from pytest_proofpack.data.tokenization import tokenize_corpus
 
     catalog = smoke_catalog()
     require_fetched(*smoke_asset_names())

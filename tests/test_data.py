@@ -14,15 +14,9 @@ import pytest
 from fetched_assets import SUITE, asset_ref, require_fetched, smoke_asset_names, smoke_catalog, smoke_dataset_spec
 
 from pytest_proofpack.assets import cache_root
-from pytest_proofpack.data.providers import (
-    PROVIDERS,
-    CorpusText,
-    DatasetSpec,
-    load_text,
-    register_provider,
-    tokenize_corpus,
-    tokenizer_fingerprint,
-)
+from pytest_proofpack.data.corpus import CorpusText, load_text
+from pytest_proofpack.data.registry import PROVIDERS, DatasetSpec, register_provider
+from pytest_proofpack.data.tokenization import tokenize_corpus, tokenizer_fingerprint
 from pytest_proofpack.data.windows import (
     chunk_count,
     chunk_indices,
@@ -329,7 +323,7 @@ def test_cached_local_corpus_loads_without_importing_datasets(tmp_path: Path) ->
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from pytest_proofpack.data.providers import DatasetSpec, load_text\n"
+        "from pytest_proofpack.data import DatasetSpec, load_text\n"
         f"spec = DatasetSpec(provider='local_text', path={str(corpus_dir)!r})\n"
         f"c = load_text(spec, cache=Path({str(tmp_path / 'cache')!r}), assets={{}}, suite='s')\n"
         "print(c.digest, 'datasets' in sys.modules, 'pyarrow' in sys.modules)\n"
@@ -353,7 +347,7 @@ def test_an_isolated_load_reads_the_corpus_in_a_child_and_caches_it(tmp_path: Pa
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from pytest_proofpack.data.providers import DatasetSpec, load_text\n"
+        "from pytest_proofpack.data import DatasetSpec, load_text\n"
         f"spec = DatasetSpec(provider='local_text', path={str(corpus_dir)!r})\n"
         f"c = load_text(spec, cache=Path({str(tmp_path / 'child')!r}), assets={{}}, suite='s', isolate=True)\n"
         "print(c.digest, len(c.docs), 'datasets' in sys.modules, 'pyarrow' in sys.modules)\n"
@@ -405,7 +399,7 @@ def test_an_isolated_load_falls_back_to_this_process(tmp_path: Path, monkeypatch
 def test_tokenize_corpus_in_a_child_process_gives_the_same_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_proofpack.data import providers
+    from pytest_proofpack.data import tokenization as providers
 
     rng = _rng()
     docs = [_random_words(rng, 40) for _ in range(3)]

@@ -24,7 +24,7 @@ from fetched_assets import (
 from pytest_proofpack.assets import cache_root
 from pytest_proofpack.errors import MissingAssetError, ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
-from pytest_proofpack.models.sources import LoadedModel, load_model
+from pytest_proofpack.models.loading import LoadedModel, load_model
 
 torch = pytest.importorskip("torch")
 
@@ -269,7 +269,7 @@ def test_gguf_conversion_keeps_every_dequantised_tensor(tmp_path: Path) -> None:
     bit, the tied head still tied, no meta tensor left), made with one copy of the weights in memory."""
     from transformers import AutoModelForCausalLM
 
-    from pytest_proofpack.models.sources import convert_gguf
+    from pytest_proofpack.models.gguf import convert_gguf
 
     ref = _gguf_asset()
     fetched = require_fetched(*smoke_asset_names())[ref.name]

@@ -1,8 +1,15 @@
 """Where weights come from, and what their modules are.
 
-:class:`ModelEntry` is the suite file's description of one model (``scenarios/suites.yaml`` → ``models``).
-Loading lives in :mod:`pytest_proofpack.models.sources`; module roles live in
-:mod:`pytest_proofpack.models.adapters`. Nothing here imports torch at module import.
+:class:`ModelEntry` is the suite file's description of one model (``scenarios/suites.yaml`` → ``models``) and
+:class:`AssetRef` a file fetched from a package registry. The submodules:
+
+* :mod:`.sources`: an entry's weights as a checked local directory (hub snapshot, local directory or GGUF);
+* :mod:`.gguf`: finding a GGUF file and converting it once into a safetensors directory;
+* :mod:`.model_dir`: what a loadable model directory holds, and its fingerprint;
+* :mod:`.loading`: :func:`~.loading.load_model`, the directory read by transformers, ready to evaluate;
+* :mod:`.adapters`: which modules of an architecture are attention, FFN, experts, norms and embeddings.
+
+Nothing here imports torch at module import.
 """
 
 from __future__ import annotations

@@ -1,0 +1,139 @@
+"""scenarios.json: the scenarios a suite runs, each with its category, strictness and expectation.
+
+:func:`load_scenarios` checks the schema and every field (edit specs are parsed with the edit grammar, detectors
+with the detector rules) and returns the scenarios in file order; a problem is a one-line
+:class:`~pytest_proofpack.errors.CatalogError` naming the JSON path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_proofpack.catalog.entries import Scenario
+from pytest_proofpack.catalog.files import check_schema, error_at, one_of, read_document
+from pytest_proofpack.detectors import validate_detector
+from pytest_proofpack.edits.spec import parse_edit_spec
+from pytest_proofpack.errors import CatalogError, ProofpackError
+
+__all__ = ["CATEGORIES", "INTENTS", "PRIMARY_GUARDS", "SCENARIOS_SCHEMA", "STRICTNESS", "load_scenarios"]
+
+SCENARIOS_SCHEMA: Final = "proof_pack_scenarios_v1"
+CATEGORIES: Final = ("clean", "stress", "error_injection")
+STRICTNESS: Final = ("must_pass", "must_fail", "must_detect", "informational")
+INTENTS: Final = ("clean_control", "catastrophic_failure", "subtle_detectable", "fault_detection")
+PRIMARY_GUARDS: Final = ("invariants", "primary_metric", "spectral", "rmt", "variance")
+_REQUIREMENT_FIELDS: Final = ("catastrophic_required", "primary_guard_required", "detectors_any_of",
+                              "detectors_all_of")
+
+
+def load_scenarios(path: Path) -> tuple[Scenario, ...]:
+    """The scenarios of ``path``, in file order; ids are unique."""
+    doc = check_schema(path, read_document(path), SCENARIOS_SCHEMA)
+    items = doc.get("scenarios")
+    if not isinstance(items, list) or not items:
+        raise error_at(path, "$.scenarios", "must be a non-empty list of scenario objects")
+    seen: set[str] = set()
+    return tuple(_scenario(path, i, raw, seen) for i, raw in enumerate(items))
+
+
+def _scenario(path: Path, index: int, raw: object, seen: set[str]) -> Scenario:
+    """The ``index``-th entry as a :class:`Scenario`; adds its id to ``seen`` (ids already there are duplicates)."""
+    where = f"$.scenarios[{index}]"
+    if not isinstance(raw, Mapping):
+        raise error_at(path, where, "must be an object")
+    sid = raw.get("id")
+    if not isinstance(sid, str) or not sid or not sid.replace("_", "").replace("-", "").isalnum():
+        raise error_at(path, f"{where}.id", f"{sid!r} is not a valid id; use letters, digits, '_' and '-'")
+    where = f"$.scenarios[{index}] ({sid})"
+    if sid in seen:
+        raise error_at(path, f"{where}.id", f"duplicate id {sid!r}; ids must be unique")
+    seen.add(sid)
+    category = one_of(path, f"{where}.category", raw.get("category"), CATEGORIES)
+    strictness = one_of(path, f"{where}.strictness", raw.get("strictness"), STRICTNESS)
+    intent = one_of(path, f"{where}.intent", raw.get("intent"), INTENTS)
+    guard = one_of(path, f"{where}.primary_guard", raw.get("primary_guard"), PRIMARY_GUARDS)
+    generation = _check_generation(path, f"{where}.generation", raw.get("generation"), category)
+    requirements = raw.get("requirements", {})
+    if not isinstance(requirements, Mapping):
+        raise error_at(path, f"{where}.requirements", "must be an object")
+    _check_requirements(path, f"{where}.requirements", requirements, strictness)
+    suites = raw.get("suites", [])
+    if not isinstance(suites, list) or not all(isinstance(s, str) for s in suites):
+        raise error_at(path, f"{where}.suites", "must be a list of suite names")
+    return Scenario(sid, category, strictness, intent, guard, str(raw.get("failure_class", "")), generation,
+                    requirements, tuple(suites), raw)
+
+
+def _check_generation(path: Path, where: str, generation: object, category: str) -> Mapping[str, Any]:
+    """``generation`` when it is an edit (for a clean or stress scenario) or a fault (for an error injection)."""
+    if not isinstance(generation, Mapping):
+        raise error_at(path, where, "must be an object {kind: edit, edit_spec, version} or {kind: error, error_type}")
+    kind = one_of(path, f"{where}.kind", generation.get("kind"), ("edit", "error"))
+    if kind == "edit":
+        _check_edit(path, where, generation, category)
+    else:
+        _check_fault(path, where, generation, category)
+    return generation
+
+
+def _check_edit(path: Path, where: str, generation: Mapping[str, Any], category: str) -> None:
+    if category == "error_injection":
+        raise error_at(path, f"{where}.kind", "an error_injection scenario needs kind 'error'")
+    spec = generation.get("edit_spec")
+    if not isinstance(spec, str):
+        raise error_at(path, f"{where}.edit_spec", "missing; e.g. quant_rtn:4:32:ffn or quant_rtn:clean:ffn")
+    try:
+        parse_edit_spec(spec)
+    except ProofpackError as exc:
+        raise error_at(path, f"{where}.edit_spec", str(exc)) from None
+
+
+def _check_fault(path: Path, where: str, generation: Mapping[str, Any], category: str) -> None:
+    if category != "error_injection":
+        raise error_at(path, f"{where}.kind", f"a {category} scenario needs kind 'edit'")
+    if not isinstance(generation.get("error_type"), str):
+        raise error_at(path, f"{where}.error_type", "missing; name a registered fault such as nan_injection")
+    by_model = generation.get("env_by_model", {})
+    if not isinstance(by_model, Mapping):
+        raise error_at(path, f"{where}.env_by_model", "must be an object of model key: {INVARLOCK_*: value}")
+    blocks = [("env", generation.get("env", {}))] + [(f"env_by_model.{m}", e) for m, e in by_model.items()]
+    for label, env in blocks:
+        _check_env(path, f"{where}.{label}", env)
+
+
+def _check_env(path: Path, where: str, env: object) -> None:
+    """A fault's environment: upper-case ``INVARLOCK_*`` names with string or number values."""
+    if not isinstance(env, Mapping):
+        raise error_at(path, where, "must be an object of INVARLOCK_* string values")
+    for name, value in env.items():
+        if not _is_invarlock_name(name):
+            raise error_at(path, f"{where}.{name}", "keys must be upper-case INVARLOCK_* names")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise error_at(path, f"{where}.{name}", "values must be strings or numbers")
+
+
+def _is_invarlock_name(name: object) -> bool:
+    return (isinstance(name, str) and name.startswith("INVARLOCK_") and name.replace("_", "").isalnum()
+            and name.upper() == name)
+
+
+def _check_requirements(path: Path, where: str, requirements: Mapping[str, Any], strictness: str) -> None:
+    """Known fields only, valid detectors, and at least one detector group for a gating detection scenario."""
+    for name in requirements:
+        if name not in _REQUIREMENT_FIELDS:
+            raise error_at(path, f"{where}.{name}", f"unknown field; accepted: {', '.join(_REQUIREMENT_FIELDS)}")
+    for group in ("detectors_any_of", "detectors_all_of"):
+        detectors = requirements.get(group, [])
+        if not isinstance(detectors, list):
+            raise error_at(path, f"{where}.{group}", "must be a list of detector objects")
+        for index, detector in enumerate(detectors):
+            try:
+                validate_detector(detector, f"{where}.{group}[{index}]")
+            except ProofpackError as exc:
+                raise CatalogError(f"{path.name}: {exc}") from None
+    if strictness in ("must_fail", "must_detect") and not (requirements.get("detectors_any_of") or
+                                                           requirements.get("detectors_all_of")):
+        raise error_at(path, where, f"a {strictness} scenario needs detectors_any_of or detectors_all_of "
+                                    "(otherwise it could never be judged detected)")

