@@ -152,9 +152,6 @@ USAGE_CASES = [
      "tuned_bad_scope.json: $.defaults.quant_rtn.scope: scope 'mlp' has unknown base 'mlp'", True),
     ("tuned-bad-status", {"tuned": "tuned_bad_status.json"}, (), {}, 4,
      "tuned_bad_status.json: $.defaults.quant_rtn.status: 'chosen' is not accepted", True),
-    ("tuned-no-entry-for-model", {"tuned": "tuned_no_entry_for_model.json"}, (), {}, 4,
-     "tuned_no_entry_for_model.json: $.models.tiny-b.quant_rtn: missing; scenario 'q_clean' uses the clean "
-     "sentinel", False),
     # option values, env slots, ini values
     ("opt-tier", {}, ("--proofpack-tier", "bogus"), {}, 4,
      "--proofpack-tier: 'bogus' is not accepted; accepted: balanced, conservative, aggressive", True),

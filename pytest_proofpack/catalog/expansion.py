@@ -2,7 +2,8 @@
 
 :meth:`Catalog.expand` turns a suite (with model overrides, run counts and a shard) into the ordered list of
 :class:`~pytest_proofpack.catalog.entries.Case` objects the plugin collects. It also checks what only the expansion
-can see: unknown model keys, and clean edits without a tuned entry for a model. Nothing is written anywhere.
+can see: unknown model keys. A clean edit whose model has no tuned entry keeps its ``clean`` sentinel: the model's
+worker measures the entry (:mod:`pytest_proofpack.tuned`). Nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -137,18 +138,24 @@ class Catalog:
             return spec, None
         edit_type = spec.split(":", 1)[0]
         entry = self.tuned_entry(model, edit_type)
-        where = f"$.models.{model.key}.{edit_type}"
         if entry is None:
-            raise CatalogError(
-                f"{self.paths['tuned'].name}: {where}: missing; scenario {scenario.id!r} uses the clean sentinel, so "
-                f"every model needs a tuned {edit_type} entry (status selected with "
-                f"{', '.join(TUNED_FIELDS[edit_type])}, or status skipped with a reason)"
-            )
+            return spec, None  # no tuned entry: the model's worker measures one (pytest_proofpack.tuned) and applies it
         if entry.get("status") == "skipped":
             return None, f"tuned params: {entry.get('reason') or 'skipped'}"
         values = [str(entry[f]) for f in TUNED_FIELDS[edit_type]]
         scope = str(entry.get("scope", spec.split(":")[-1]))
         return ":".join([edit_type, *values, scope]), None
+
+    def untuned(self, cases: Sequence[Case]) -> dict[str, list[str]]:
+        """``{model key: [edit kinds]}`` of the clean cases whose model has no tuned entry: tuned at run time."""
+        found: dict[str, list[str]] = {}
+        for case in cases:
+            if case.edit_spec is not None and ":clean:" in case.edit_spec:
+                kinds = found.setdefault(case.model.key, [])
+                kind = case.edit_spec.split(":", 1)[0]
+                if kind not in kinds:
+                    kinds.append(kind)
+        return found
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["tokenize_corpus", "tokenizer_fingerprint"]
+__all__ = ["adds_bos", "tokenize_corpus", "tokenizer_fingerprint"]
 
 
 def tokenizer_fingerprint(tok: Any) -> str:
@@ -38,6 +38,17 @@ def tokenizer_fingerprint(tok: Any) -> str:
     else:
         payload = json.dumps(sorted(tok.get_vocab().items()), ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def adds_bos(tok: Any) -> int | None:
+    """The BOS id when the tokenizer puts BOS first in an encoded text (its ``add_bos_token`` convention, from
+    the HF config or GGUF metadata), else ``None``. Asked by encoding a probe text, so every tokenizer class
+    answers the same way it would for the model's users."""
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tok("a", add_special_tokens=True)["input_ids"]
+    return int(bos) if len(ids) and int(ids[0]) == int(bos) else None
 
 
 def tokenize_corpus(

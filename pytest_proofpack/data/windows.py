@@ -42,11 +42,21 @@ def token_hash(row: bytes) -> str:
 
 @dataclass(frozen=True)
 class WindowSet:
-    """``input_ids`` is a CPU int64 tensor ``[N, seq_len]``; ``ids[i]``/``hashes[i]`` describe row ``i``."""
+    """``input_ids`` is a CPU int64 tensor ``[N, seq_len]``; ``ids[i]``/``hashes[i]`` describe row ``i``.
+
+    ``bos`` is the BOS token id every row starts with (then ``seq_len - 1`` corpus tokens follow), or ``None``
+    when rows are plain corpus chunks. The engine never scores a row's first position, so BOS is never a target.
+    """
 
     ids: tuple[str, ...]
     hashes: tuple[str, ...]
     input_ids: torch.Tensor
+    bos: int | None = None
+
+    @property
+    def stride(self) -> int:
+        """Corpus tokens per row: the chunk size the window ids count in."""
+        return self.seq_len - (self.bos is not None)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -76,24 +86,27 @@ def chunk_count(n_tokens: int, seq_len: int) -> int:
 
 
 def chunk_indices(windows: WindowSet) -> frozenset[int]:
-    """The chunk indices (``start_offset // seq_len``) of ``windows``, e.g. to exclude from another draw."""
-    seq_len = windows.seq_len
-    return frozenset(int(i[1:]) // seq_len for i in windows.ids)
+    """The chunk indices (``start_offset // stride``) of ``windows``, e.g. to exclude from another draw."""
+    stride = windows.stride
+    return frozenset(int(i[1:]) // stride for i in windows.ids)
 
 
-def _build(tokens: npt.NDArray[np.int64], seq_len: int, chunks: Iterable[int]) -> WindowSet:
+def _build(tokens: npt.NDArray[np.int64], seq_len: int, chunks: Iterable[int], bos: int | None = None) -> WindowSet:
     import numpy as np
     import torch
 
+    stride = seq_len - (bos is not None)
     idx = sorted(int(c) for c in chunks)
     if idx:
-        rows = np.stack([tokens[c * seq_len : (c + 1) * seq_len] for c in idx]).astype("<i8", copy=False)
+        rows = np.stack([tokens[c * stride : (c + 1) * stride] for c in idx]).astype("<i8", copy=False)
     else:
-        rows = np.zeros((0, seq_len), dtype="<i8")
+        rows = np.zeros((0, stride), dtype="<i8")
+    if bos is not None:
+        rows = np.concatenate([np.full((rows.shape[0], 1), bos, dtype="<i8"), rows], axis=1)
     rows = np.ascontiguousarray(rows)
-    ids = tuple(f"w{c * seq_len}" for c in idx)
+    ids = tuple(f"w{c * stride}" for c in idx)
     hashes = tuple(token_hash(r.tobytes()) for r in rows)
-    return WindowSet(ids=ids, hashes=hashes, input_ids=torch.from_numpy(rows.astype(np.int64, copy=True)))
+    return WindowSet(ids=ids, hashes=hashes, input_ids=torch.from_numpy(rows.astype(np.int64, copy=True)), bos=bos)
 
 
 def select_windows(
@@ -103,8 +116,10 @@ def select_windows(
     seed: int,
     *,
     exclude: frozenset[int] = frozenset(),
+    bos: int | None = None,
 ) -> WindowSet:
-    """``n`` windows of ``seq_len`` tokens: chunk ``i`` is ``tokens[i*seq_len:(i+1)*seq_len]``.
+    """``n`` windows of ``seq_len`` tokens: chunk ``i`` is ``tokens[i*stride:(i+1)*stride]``, prefixed by ``bos``
+    when given (``stride = seq_len - 1``; else ``stride = seq_len``).
 
     The chunk indices are a seeded draw without replacement from the chunks not in ``exclude``, sorted
     ascending. Raises :class:`ProofpackError` naming ``seq_len`` and ``n`` when too few chunks are available.
@@ -117,7 +132,7 @@ def select_windows(
     if flat.dtype.kind not in "iu":
         raise ProofpackError(f"tokens must be an integer array, got dtype {flat.dtype}")
     flat = flat.astype(np.int64, copy=False)
-    total = chunk_count(int(flat.size), seq_len)
+    total = chunk_count(int(flat.size), seq_len - (bos is not None))
     candidates = np.array([i for i in range(total) if i not in exclude], dtype=np.int64)
     if candidates.size < n:
         raise ProofpackError(
@@ -127,17 +142,17 @@ def select_windows(
         )
     rng = np.random.default_rng(seed)
     chosen = rng.choice(candidates, size=n, replace=False) if n else candidates[:0]
-    return _build(flat, seq_len, chosen.tolist())
+    return _build(flat, seq_len, chosen.tolist(), bos)
 
 
 def make_eval_windows(
     tokens: npt.NDArray[np.int64], seq_len: int, n_preview: int, n_final: int, seed: int,
-    *, exclude: frozenset[int] = frozenset(),
+    *, exclude: frozenset[int] = frozenset(), bos: int | None = None,
 ) -> tuple[WindowSet, WindowSet]:
     """Disjoint preview and final window sets, none of them in ``exclude``: the final draw also excludes the
-    preview's chunks."""
-    preview = select_windows(tokens, seq_len, n_preview, seed, exclude=exclude)
-    final = select_windows(tokens, seq_len, n_final, seed, exclude=exclude | chunk_indices(preview))
+    preview's chunks. ``bos`` prefixes every row (see :func:`select_windows`)."""
+    preview = select_windows(tokens, seq_len, n_preview, seed, exclude=exclude, bos=bos)
+    final = select_windows(tokens, seq_len, n_final, seed, exclude=exclude | chunk_indices(preview), bos=bos)
     return preview, final
 
 
@@ -146,8 +161,9 @@ def make_eval_windows(
 POOL_SHARES: Final[dict[str, float]] = {"tuning": 0.2, "calibration": 0.3, "evaluation": 0.5}
 
 
-def pool_exclusion(n_tokens: int, seq_len: int, pool: str, seed: int) -> frozenset[int]:
-    """The chunk indices *outside* ``pool``: pass them as ``exclude`` to draw from ``pool`` only.
+def pool_exclusion(n_tokens: int, stride: int, pool: str, seed: int) -> frozenset[int]:
+    """The chunk indices (chunks of ``stride`` tokens) *outside* ``pool``: pass them as ``exclude`` to draw from
+    ``pool`` only.
 
     Chunks are assigned to pools by one seeded permutation of all chunk indices, cut by :data:`POOL_SHARES`
     (in its order), so the pools are disjoint and the same for every draw of a session with the same ``seed``.
@@ -156,7 +172,7 @@ def pool_exclusion(n_tokens: int, seq_len: int, pool: str, seed: int) -> frozens
 
     if pool not in POOL_SHARES:
         raise ProofpackError(f"window pool {pool!r} is not one of {', '.join(POOL_SHARES)}")
-    total = chunk_count(n_tokens, seq_len)
+    total = chunk_count(n_tokens, stride)
     order = np.random.default_rng(seed).permutation(total)
     edges = np.cumsum([0.0, *POOL_SHARES.values()]) * total
     names = list(POOL_SHARES)
