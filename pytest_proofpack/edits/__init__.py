@@ -20,7 +20,7 @@ _EXPORTS = {
     "parse_scope": "spec",
     "resolve_clean": "spec",
     "scope_matches": "spec",
-    "AppliedChange": "apply",
+    "AppliedChange": "change",
     "apply_edit": "apply",
     "EditKind": "registry",
     "EditRegistry": "registry",

@@ -24,7 +24,7 @@ from pytest_proofpack.malloc import reusing_heap
 if TYPE_CHECKING:
     from torch import nn
 
-    from pytest_proofpack.edits.apply import AppliedChange
+    from pytest_proofpack.edits.change import AppliedChange
 
 
 @dataclass
@@ -133,7 +133,7 @@ def apply_fault(
     modified_count, modified_params (first 20), target_layers, total_layers, seed, seconds. On any error the
     partial change is undone before the exception propagates.
     """
-    from pytest_proofpack.edits.apply import AppliedChange
+    from pytest_proofpack.edits.change import AppliedChange
     from pytest_proofpack.models.adapters import find_blocks
 
     reg = registry if registry is not None else default_fault_registry

@@ -14,7 +14,7 @@ from pytest_proofpack.faults.registry import FaultContext, FaultOutcome
 if TYPE_CHECKING:
     from torch import nn
 
-    from pytest_proofpack.edits.apply import AppliedChange
+    from pytest_proofpack.edits.change import AppliedChange
     from pytest_proofpack.faults.registry import FaultRegistry
 
 EXTRA_VOCAB: Final = 8
