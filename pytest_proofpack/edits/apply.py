@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 from pytest_proofpack.edits.backup import Backup, Spilled, load_backup, put_back
 from pytest_proofpack.edits.change import AppliedChange
 from pytest_proofpack.edits.cpu_threads import one_cpu_thread, small_cpu_matrix
-from pytest_proofpack.edits.registry import EditKind, EditRegistry, default_edit_registry
-from pytest_proofpack.edits.spec import EditSpec, ParamValue, scope_matches
+from pytest_proofpack.edits.registry import EditKind, EditRegistry, ParamValue, default_edit_registry
+from pytest_proofpack.edits.spec import EditSpec, scope_matches
 from pytest_proofpack.errors import SpecError
 from pytest_proofpack.malloc import reusing_heap
 from pytest_proofpack.models.adapters import WeightRef, find_blocks, matrix, weight_refs
