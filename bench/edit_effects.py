@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytest_proofpack.edits import apply_edit, parse_edit_spec
-from pytest_proofpack.edits.apply import BackupPolicy, set_backup_policy
+from pytest_proofpack.edits.backup import BackupPolicy, set_backup_policy
 from pytest_proofpack.engine.metric import token_nll
 from pytest_proofpack.faults import apply_fault
 from pytest_proofpack.malloc import pin_malloc_mmap_threshold

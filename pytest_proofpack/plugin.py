@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.pluginmanager.register(engine_plugin, "proofpack-engine")
     from pytest_proofpack.edits.registry import default_edit_registry
-    from pytest_proofpack.faults.registry import default_fault_registry
+    from pytest_proofpack.faults.builtin import default_fault_registry
 
     config.hook.pytest_proofpack_register_edits.call_historic(kwargs={"registry": default_edit_registry})
     config.hook.pytest_proofpack_register_faults.call_historic(kwargs={"registry": default_fault_registry})

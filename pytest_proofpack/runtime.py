@@ -134,7 +134,7 @@ class ModelRuntime:
             from pytest_proofpack.models.loading import load_model
 
             pin_malloc_mmap_threshold()
-            from pytest_proofpack.edits.apply import BackupPolicy, set_backup_policy
+            from pytest_proofpack.edits.backup import BackupPolicy, set_backup_policy
 
             set_backup_policy(BackupPolicy(self.ctx.options.backup_ram << 20, self.ctx.cache / "scratch"))
             threads = os.environ.get("PROOFPACK_TORCH_THREADS")

@@ -11,7 +11,8 @@ import torch
 from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral
 
 from pytest_proofpack.edits import apply_edit, parse_edit_spec
-from pytest_proofpack.edits.apply import AppliedChange, BackupPolicy, set_backup_policy
+from pytest_proofpack.edits.backup import BackupPolicy, set_backup_policy
+from pytest_proofpack.edits.change import AppliedChange
 from pytest_proofpack.edits.registry import EditRegistry
 from pytest_proofpack.faults import apply_fault
 

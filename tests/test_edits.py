@@ -589,7 +589,7 @@ def test_metadata_counts_changes_exactly_around_nan_and_inf() -> None:
 
 
 def test_cpu_edits_run_on_one_thread_and_give_the_callers_count_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytest_proofpack.edits.apply as apply_module
+    import pytest_proofpack.edits.cpu_threads as apply_module
 
     default_serial_max = apply_module.SERIAL_MAX_NUMEL
     seen: list[int] = []

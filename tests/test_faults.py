@@ -12,7 +12,7 @@ import pytest
 import torch
 from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
 
-from pytest_proofpack.edits.apply import AppliedChange
+from pytest_proofpack.edits.change import AppliedChange
 from pytest_proofpack.errors import SpecError
 from pytest_proofpack.faults import FaultContext, FaultOutcome, apply_fault, default_fault_registry
 from pytest_proofpack.faults.registry import FaultRegistry

@@ -151,7 +151,7 @@ def test_a_failed_restore_reloads_the_model_for_the_next_scenario(
     worker, runs on a freshly loaded model instead of the damaged one."""
     conftest = ORACLE_CONFTEST + r'''
 import torch
-from pytest_proofpack.faults.registry import FaultOutcome
+from pytest_proofpack.faults.types import FaultOutcome
 
 def _broken_restore(model, ctx):
     w = model.model.layers[0].mlp.down_proj.weight

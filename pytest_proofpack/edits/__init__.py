@@ -10,8 +10,7 @@ Public API (names resolve lazily so that importing this package does not import 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pytest_proofpack.lazy import lazy_exports
 
 _EXPORTS = {
     "EditSpec": "spec",
@@ -20,7 +19,7 @@ _EXPORTS = {
     "parse_scope": "spec",
     "resolve_clean": "spec",
     "scope_matches": "spec",
-    "AppliedChange": "apply",
+    "AppliedChange": "change",
     "apply_edit": "apply",
     "EditKind": "registry",
     "EditRegistry": "registry",
@@ -29,10 +28,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,10 +5,10 @@ values beyond the format's max are clamped to ±max before the cast: torch's CPU
 but turns e5m2 overflow into ±inf, and a clean edit must never create non-finite weights. The number of
 clamped elements is reported as ``saturated``; non-finite inputs pass through unchanged.
 
-Speed: one ``aminmax`` decides whether anything needs clamping (almost never), and on CPU the way back from
-``e4m3fn`` reads a 256-entry table built by torch's own ``float8_e4m3fn -> float32`` cast (every fp8 value is exact
-in fp32, so the result is bit-identical), because torch's CPU cast for that format is a scalar loop ~5x slower
-than the gather. ``e5m2`` (a bit shift) and GPU casts use torch directly.
+One ``aminmax`` decides whether anything needs clamping (almost never). On CPU the way back from ``e4m3fn``
+reads a 256-entry table built by torch's own ``float8_e4m3fn -> float32`` cast (every fp8 value is exact in fp32,
+so the result is bit-identical), because torch's CPU cast for that format is a scalar loop, slower than the
+gather. ``e5m2`` (a bit shift) and GPU casts use torch directly.
 """
 
 from __future__ import annotations

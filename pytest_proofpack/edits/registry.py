@@ -11,21 +11,26 @@ Plugins extend it through the ``pytest_proofpack_register_edits(registry)`` hook
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_proofpack.edits.fp8 import fp8_edit
+from pytest_proofpack.edits.lowrank import lowrank_edit
+from pytest_proofpack.edits.prune import prune_edit
+from pytest_proofpack.edits.quant_rtn import rtn_edit
 from pytest_proofpack.errors import SpecError
+from pytest_proofpack.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_proofpack.edits.spec import Params
-
+ParamValue = int | float | str
+Params = tuple[tuple[str, ParamValue], ...]
+"""A kind's parsed parameters: ``(name, value)`` pairs in its positional order."""
 EditFn = Callable[..., "tuple[torch.Tensor, dict[str, Any]]"]
 """``fn(matrix: Tensor[out, in] fp32, params: Mapping[str, Any], *, seed: int) -> (new_matrix, stats)``."""
-ParamParser = Callable[[Sequence[str]], "Params"]
+ParamParser = Callable[[Sequence[str]], Params]
 """``parse(args) -> ((name, value), ...)``; raises ``ValueError("<name> '<arg>' is not ...")`` if bad."""
 
 
@@ -50,17 +55,10 @@ class EditKind:
         return ":".join([self.name, *(f"<{p}>" for p in self.param_names), "<scope>"])
 
 
-def did_you_mean(name: str, candidates: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-class EditRegistry:
+class EditRegistry(Registry[EditKind]):
     """Name -> :class:`EditKind`. ``register`` rejects duplicates unless ``replace=True``."""
 
-    def __init__(self) -> None:
-        self._kinds: dict[str, EditKind] = {}
+    what = "edit kind"
 
     def register(
         self,
@@ -78,28 +76,15 @@ class EditRegistry:
         ``thread_safe``."""
         if not name or ":" in name or "@" in name:
             raise SpecError(f"edit kind name {name!r} must be non-empty and contain no ':' or '@'")
-        if name in self._kinds and not replace:
-            raise SpecError(f"edit kind '{name}' is already registered; pass replace=True to override it")
         kind = EditKind(name, tuple(param_names), parser, fn, tuple(tuned_fields or param_names), thread_safe)
-        self._kinds[name] = kind
-        return kind
+        return self.add(name, kind, replace=replace)
 
     def get(self, name: str, *, context: str = "") -> EditKind:
         """The kind called ``name``; :class:`SpecError` with "did you mean" and the known names otherwise."""
-        kind = self._kinds.get(name)
+        kind = self.find(name)
         if kind is None:
-            where = f"{context}: " if context else ""
-            raise SpecError(
-                f"{where}unknown edit kind '{name}'{did_you_mean(name, self.names())}; "
-                f"known: {', '.join(self.names())}"
-            )
+            raise self.unknown(name, context=context)
         return kind
-
-    def names(self) -> list[str]:
-        return sorted(self._kinds)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._kinds
 
 
 def _int_in(label: str, raw: str, lo: int, hi: int | None) -> int:
@@ -147,51 +132,19 @@ def _parse_rank(args: Sequence[str]) -> Params:
     return (("rank", _int_in("rank", args[0], 1, None)),)
 
 
-def _rtn(
-    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    from pytest_proofpack.edits.quant_rtn import rtn_edit
-
-    return rtn_edit(matrix, params, seed=seed)
-
-
-def _fp8(
-    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    from pytest_proofpack.edits.fp8 import fp8_edit
-
-    return fp8_edit(matrix, params, seed=seed)
-
-
-def _prune(
-    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    from pytest_proofpack.edits.prune import prune_edit
-
-    return prune_edit(matrix, params, seed=seed)
-
-
-def _lowrank(
-    matrix: torch.Tensor, params: Mapping[str, Any], *, seed: int = 0
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    from pytest_proofpack.edits.lowrank import lowrank_edit
-
-    return lowrank_edit(matrix, params, seed=seed)
-
-
 def _builtin_registry() -> EditRegistry:
     reg = EditRegistry()
     reg.register(
         "quant_rtn",
         _parse_quant,
-        _rtn,
+        rtn_edit,
         param_names=("bits", "group"),
         tuned_fields=("bits", "group_size"),
         thread_safe=True,
     )
-    reg.register("fp8_quant", _parse_fp8, _fp8, param_names=("fmt",), tuned_fields=("format",), thread_safe=True)
-    reg.register("magnitude_prune", _parse_prune, _prune, param_names=("sparsity",), thread_safe=True)
-    reg.register("lowrank_svd", _parse_rank, _lowrank, param_names=("rank",), thread_safe=True)
+    reg.register("fp8_quant", _parse_fp8, fp8_edit, param_names=("fmt",), tuned_fields=("format",), thread_safe=True)
+    reg.register("magnitude_prune", _parse_prune, prune_edit, param_names=("sparsity",), thread_safe=True)
+    reg.register("lowrank_svd", _parse_rank, lowrank_edit, param_names=("rank",), thread_safe=True)
     return reg
 
 

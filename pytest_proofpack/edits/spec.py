@@ -21,15 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from pytest_proofpack.edits.registry import EditRegistry, Params, ParamValue, default_edit_registry
 from pytest_proofpack.errors import SpecError
 
 if TYPE_CHECKING:
-    from pytest_proofpack.edits.registry import EditRegistry
     from pytest_proofpack.models.adapters import WeightRef
 
 ScopeBase = Literal["ffn", "attn", "all"]
-ParamValue = int | float | str
-Params = tuple[tuple[str, ParamValue], ...]
 
 SCOPE_FORMS: Final = "ffn | attn | all | <base>@layer=N | <base>@layers=A-B"
 _BASE_FAMILIES: Final[dict[str, frozenset[str]]] = {
@@ -80,11 +78,11 @@ class EditSpec:
         return dict(self.params)
 
     def __str__(self) -> str:
-        middle = ["clean"] if self.clean else [_fmt(v) for _, v in self.params]
+        middle = ["clean"] if self.clean else [_format_param(v) for _, v in self.params]
         return ":".join([self.kind, *middle, str(self.scope)])
 
 
-def _fmt(value: ParamValue) -> str:
+def _format_param(value: ParamValue) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -123,8 +121,6 @@ def parse_edit_spec(text: str, *, registry: EditRegistry | None = None) -> EditS
     typo); its parser validates the positional parameters. Every problem is a one-line :class:`SpecError` that
     quotes the spec, names the bad part and shows the accepted form.
     """
-    from pytest_proofpack.edits.registry import default_edit_registry
-
     reg = registry if registry is not None else default_edit_registry
     if not isinstance(text, str) or not text.strip():
         raise SpecError(
@@ -164,8 +160,6 @@ def resolve_clean(
     business; here any status other than ``selected`` (or none) is an error. A non-clean spec is returned
     as is.
     """
-    from pytest_proofpack.edits.registry import default_edit_registry
-
     if not spec.clean:
         return spec
     reg = registry if registry is not None else default_edit_registry

@@ -9,25 +9,18 @@ Public API (resolved lazily; importing this package does not import torch)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pytest_proofpack.lazy import lazy_exports
 
 _EXPORTS = {
-    "apply_fault": "registry",
-    "default_fault_registry": "registry",
-    "register_fault": "registry",
-    "FaultContext": "registry",
-    "FaultOutcome": "registry",
+    "apply_fault": "apply",
+    "default_fault_registry": "builtin",
+    "register_fault": "builtin",
+    "FaultContext": "types",
+    "FaultOutcome": "types",
     "FaultKind": "registry",
     "FaultRegistry": "registry",
     "EnvReader": "env",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pytest_proofpack.faults.registry import FaultContext, FaultOutcome
 from pytest_proofpack.faults.targets import block_refs, require
+from pytest_proofpack.faults.types import FaultContext, FaultOutcome
+from pytest_proofpack.models.adapters import matrix
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,8 +16,6 @@ if TYPE_CHECKING:
 
 def nan_injection(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """``[0, 0] = NaN`` in the first weight matrix of block 0."""
-    from pytest_proofpack.models.adapters import matrix
-
     refs = [r for r in block_refs(model) if r.layer == 0]
     require(refs, ctx.error_type, "weight matrix in block 0")
     view = matrix(model, refs[0])
@@ -27,8 +26,6 @@ def nan_injection(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
 
 def inf_injection(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """``[0, 0] = +Inf`` in the first attention weight matrix."""
-    from pytest_proofpack.models.adapters import matrix
-
     refs = [r for r in block_refs(model) if r.family == "attn"]
     require(refs, ctx.error_type, "attention weight matrix")
     view = matrix(model, refs[0])

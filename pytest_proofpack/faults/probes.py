@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from pytest_proofpack.faults.registry import FaultContext, FaultOutcome
 from pytest_proofpack.faults.targets import (
     FAMILY_SETS,
     by_layers,
@@ -28,6 +27,8 @@ from pytest_proofpack.faults.targets import (
     shuffled,
     target_layers,
 )
+from pytest_proofpack.faults.types import FaultContext, FaultOutcome
+from pytest_proofpack.models.adapters import WeightRef, layer_index, matrix, norm_modules
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
     from pytest_proofpack.faults.env import EnvReader
     from pytest_proofpack.faults.registry import FaultRegistry
-    from pytest_proofpack.models.adapters import WeightRef
 
 RMT: Final = "INVARLOCK_RMT_"
 ANISO: Final = "INVARLOCK_RMT_ANISO_"
@@ -110,8 +110,6 @@ def select_rows(w: torch.Tensor, rows: int, selection: str, seed: int) -> torch.
 def _anisotropy(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     import torch
 
-    from pytest_proofpack.models.adapters import matrix
-
     env = ctx.env
     blend = env.number(ANISO + "BLEND", 0.75, lo=0.0, hi=1.0, lo_open=True)
     row_frac = env.number(ANISO + "ROW_FRAC", 0.35, lo=0.0, hi=1.0, lo_open=True)
@@ -154,7 +152,6 @@ def _anisotropy(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
 
 
 def _row_scale(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
-    from pytest_proofpack.models.adapters import matrix
 
     env = ctx.env
     factor = env.number(ROWS + "FACTOR", 1.6, lo=0.0, lo_open=True)
@@ -178,8 +175,6 @@ def _norm_noise(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     import random
 
     import torch
-
-    from pytest_proofpack.models.adapters import layer_index, norm_modules
 
     env: EnvReader = ctx.env
     scale = env.number(NORM + "NOISE_SCALE", 0.05, lo=0.0, lo_open=True)
@@ -227,8 +222,6 @@ def rmt_norm_noise(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
 def spectral_moderate_scale(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """Whole matrices × FACTOR (default 3.0, attn without QKV, last 4 layers, <= 8 matrices); with
     ``PAIR_INVERSE=1`` and an FFN family, per layer the first up-projection × f and down-projection × 1/f."""
-    from pytest_proofpack.models.adapters import matrix
-
     env = ctx.env
     factor = env.number(SPEC + "SCALE_FACTOR", 3.0, lo=0.0, lo_open=True)
     pair = env.flag(SPEC + "PAIR_INVERSE", False)
@@ -263,8 +256,6 @@ def spectral_moderate_scale(model: nn.Module, ctx: FaultContext) -> FaultOutcome
 def ve_mlp_scale_skew(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """MLP out-projections (role ``ffn_down``, experts included unless INCLUDE_EXPERTS=0) × FACTOR (default
     0.90), layers spec or the last 4, seeded shuffle, <= MAX_PARAMS (default 1; 0 = all)."""
-    from pytest_proofpack.models.adapters import matrix
-
     env = ctx.env
     factor = env.number(VE + "SCALE_FACTOR", 0.90, lo=0.0, lo_open=True)
     limit = env.integer(VE + "MAX_PARAMS", 1, lo=0)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from pytest_proofpack.errors import SpecError
-from pytest_proofpack.faults.registry import FaultContext, FaultOutcome
+from pytest_proofpack.faults.types import FaultContext, FaultOutcome
+from pytest_proofpack.models.adapters import find_blocks
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from pytest_proofpack.edits.apply import AppliedChange
+    from pytest_proofpack.edits.change import AppliedChange
     from pytest_proofpack.faults.registry import FaultRegistry
 
 EXTRA_VOCAB: Final = 8
@@ -112,8 +113,6 @@ def missing_tensors(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     named
     ``*layer*`` of that length follow."""
     from torch import nn
-
-    from pytest_proofpack.models.adapters import find_blocks
 
     path, blocks = find_blocks(model)
     n = len(blocks)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Final
 
 from pytest_proofpack.errors import SpecError
 from pytest_proofpack.faults.env import EnvReader
+from pytest_proofpack.models.adapters import WeightRef, weight_refs
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from pytest_proofpack.models.adapters import WeightRef
 
 QKV_ROLES: Final = frozenset({"q", "k", "v", "qkv"})
 FAMILY_SETS: Final[dict[str, frozenset[str]]] = {
@@ -57,8 +57,6 @@ def matches_filter(ref: WeightRef, substrings: Sequence[str]) -> bool:
 
 def block_refs(model: nn.Module) -> list[WeightRef]:
     """Weight refs inside the transformer blocks, in parameter order."""
-    from pytest_proofpack.models.adapters import weight_refs
-
     return [r for r in weight_refs(model) if r.layer is not None]
 
 
@@ -66,8 +64,6 @@ def family_refs(
     model: nn.Module, family: str, *, substrings: Sequence[str] = (), include_qkv: bool = True
 ) -> list[WeightRef]:
     """Refs of a probe family (``attn|ffn|mlp|both|all|embed``), filtered by name substrings (any) and QKV."""
-    from pytest_proofpack.models.adapters import weight_refs
-
     fams = FAMILY_SETS[family]
     out = []
     for ref in weight_refs(model):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from pytest_proofpack.faults.registry import FaultContext, FaultOutcome
 from pytest_proofpack.faults.targets import block_refs, require
+from pytest_proofpack.faults.types import FaultContext, FaultOutcome
+from pytest_proofpack.models.adapters import WeightRef, matrix, weight_refs
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from pytest_proofpack.faults.registry import FaultRegistry
-    from pytest_proofpack.models.adapters import WeightRef
 
 SCALE_EXPLOSION_FACTOR: Final = 100.0
 RANK_COLLAPSE_MAX: Final = 8
@@ -27,10 +27,8 @@ def extreme_quant(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """Every weight matrix (embeddings and head included) on a 4-level grid: ``clamp(round(w/s), -2, 1) * s``
     with ``s = max|w| / 2`` per matrix. Originals are kept on the CPU (this touches the whole model). Rows are
     processed :data:`GRID_CHUNK_ELEMENTS` elements at a time in one fp32 working copy (element-wise, so the result
-    is the same): whole-matrix temporaries of a 49 152 x 576 embedding raised a worker's peak by 216 MiB."""
+    is the same), so that an embedding's whole-matrix temporaries do not raise a worker's peak memory."""
     import torch
-
-    from pytest_proofpack.models.adapters import matrix, weight_refs
 
     refs = weight_refs(model)
     require(refs, ctx.error_type, "weight matrix")
@@ -59,8 +57,6 @@ def _first_ffn(model: nn.Module) -> WeightRef | None:
 
 def scale_explosion(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """The first FFN matrix (dense FFN, else an expert, else any block matrix) times 100."""
-    from pytest_proofpack.models.adapters import matrix
-
     ref = _first_ffn(model)
     require([ref] if ref else [], ctx.error_type, "block weight matrix")
     assert ref is not None
@@ -91,8 +87,6 @@ def rank_one(w: torch.Tensor) -> torch.Tensor:
 
 def rank_collapse(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """The first <= 8 attention matrices (else block matrices) become rank 1 with the same norm."""
-    from pytest_proofpack.models.adapters import matrix
-
     refs = _attn_or_any(model, RANK_COLLAPSE_MAX)
     require(refs, ctx.error_type, "block weight matrix")
     for ref in refs:
@@ -105,8 +99,6 @@ def rank_collapse(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
 
 def norm_collapse(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     """The first <= 32 attention matrices (else block matrices) set to zero."""
-    from pytest_proofpack.models.adapters import matrix
-
     refs = _attn_or_any(model, NORM_COLLAPSE_MAX)
     require(refs, ctx.error_type, "block weight matrix")
     for ref in refs:
