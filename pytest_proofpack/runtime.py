@@ -177,9 +177,28 @@ class ModelRuntime:
         """Preview and final windows drawn with ``seed`` from ``pool``'s chunks only (see ``POOL_SHARES``)."""
         from pytest_proofpack.data.windows import make_eval_windows, pool_exclusion
 
-        s, tokens = self.settings, self.tokens()
-        exclude = pool_exclusion(int(tokens.size), s["seq_len"], pool, self.ctx.options.seed)
-        return make_eval_windows(tokens, s["seq_len"], s["n_preview"], s["n_final"], seed, exclude=exclude)
+        s, tokens, bos = self.settings, self.tokens(), self.bos
+        stride = s["seq_len"] - (bos is not None)
+        exclude = pool_exclusion(int(tokens.size), stride, pool, self.ctx.options.seed)
+        return make_eval_windows(tokens, s["seq_len"], s["n_preview"], s["n_final"], seed, exclude=exclude, bos=bos)
+
+    @functools.cached_property
+    def bos(self) -> int | None:
+        """The BOS id every window starts with: the tokenizer's convention (``--proofpack-bos auto``), or forced
+        on or off by the option."""
+        from pytest_proofpack.data.tokenization import adds_bos
+
+        mode = getattr(self.ctx.options, "bos", "auto")
+        tokenizer = self.loaded.tokenizer
+        if mode == "off":
+            return None
+        if mode == "on":
+            bos = getattr(tokenizer, "bos_token_id", None)
+            if bos is None:
+                raise OptionError(f"--proofpack-bos on: the tokenizer of {self.entry.key} has no BOS token; "
+                                  "use auto or off")
+            return int(bos)
+        return adds_bos(tokenizer)
 
     def window_seed(self, run: int) -> int:
         """Run ``r`` of a scenario evaluates its own window sample, so runs are real replicates."""

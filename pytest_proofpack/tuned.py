@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pytest_proofpack.edits.spec import EditSpec
     from pytest_proofpack.engine.config import EngineConfig
     from pytest_proofpack.models import ModelEntry
-    from pytest_proofpack.models.sources import LoadedModel
+    from pytest_proofpack.models.loading import LoadedModel
     from pytest_proofpack.options import Options
 
 TUNING_SCHEMA = "proofpack_tuning_v1"
