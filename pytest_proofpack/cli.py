@@ -1,8 +1,8 @@
-"""``proofpack`` console script: ``verify``, ``merge``, ``report`` (and hooks for more subcommands).
+"""``proofpack`` console script: ``verify``, ``merge``, ``report`` and ``fetch``.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
-``func`` to a handler ``(args) -> int``; adding a subcommand (the lead's ``fetch``) is one such function plus
-one line in :data:`_SUBCOMMANDS`. A :class:`ProofpackError` never shows a traceback: one line on stderr and
+``func`` to a handler ``(args) -> int``; adding a subcommand is one such function plus one line in
+:data:`_SUBCOMMANDS`. A :class:`ProofpackError` never shows a traceback: one line on stderr and
 its exit code (``PackError.exit_code``, else 2).
 """
 

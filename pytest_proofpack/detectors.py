@@ -88,47 +88,74 @@ def _accepted() -> str:
     return "; ".join(parts)
 
 
-def validate_detector(d: object, where: str) -> None:
-    """Check one detector dict; raise :class:`CatalogError` with one line: ``where``, the problem and
-    the accepted kinds/fields."""
-
-    def fail(problem: str) -> None:
-        raise CatalogError(f"{where}: {problem}; accepted detectors: {_accepted()}")
-
-    if not isinstance(d, Mapping):
-        fail(f"detector must be an object, got {type(d).__name__}")
-        return
-    kind = d.get("kind")
-    if not isinstance(kind, str) or kind not in DETECTOR_FIELDS:
-        fail(f"unknown detector kind {kind!r}")
-        return
+def _unknown_fields(kind: str, d: Mapping[str, Any]) -> str | None:
     required, optional = DETECTOR_FIELDS[kind]
     allowed = {"kind", *required, *optional, *_COMMENT_KEYS}
     extra = sorted(str(k) for k in d if k not in allowed)
-    if extra:
-        fail(f"{kind} detector has unknown field(s) {', '.join(extra)}")
-    for name in required:
-        if name not in d:
-            fail(f"{kind} detector lacks field {name!r}")
+    return f"{kind} detector has unknown field(s) {', '.join(extra)}" if extra else None
+
+
+def _missing_fields(kind: str, d: Mapping[str, Any]) -> str | None:
+    missing = [name for name in DETECTOR_FIELDS[kind][0] if name not in d]
+    return f"{kind} detector lacks field {missing[0]!r}" if missing else None
+
+
+def _one_threshold(kind: str, d: Mapping[str, Any]) -> str | None:
     if kind == "ve_probe" and ("expected" in d) == ("min" in d):
-        fail("ve_probe detector needs exactly one of 'expected' or 'min'")
+        return "ve_probe detector needs exactly one of 'expected' or 'min'"
+    return None
+
+
+def _names(kind: str, d: Mapping[str, Any]) -> str | None:
     for name in ("flag", "field"):
         if name in d and (not isinstance(d[name], str) or not d[name].strip()):
-            fail(f"{kind}.{name} must be a non-empty string, got {d[name]!r}")
+            return f"{kind}.{name} must be a non-empty string, got {d[name]!r}"
+    return None
+
+
+def _expected(kind: str, d: Mapping[str, Any]) -> str | None:
     if "expected" in d and not isinstance(d["expected"], bool):
-        fail(f"{kind}.expected must be true or false, got {d['expected']!r}")
-    if "min" in d:
-        m = d["min"]
-        if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m):
-            fail(f"{kind}.min must be a finite number, got {m!r}")
-    if kind == "invariants_status":
-        allowed_states = d["allowed"]
-        if (
-            not isinstance(allowed_states, list)
-            or not allowed_states
-            or not all(isinstance(s, str) and s.strip() for s in allowed_states)
-        ):
-            fail(f"invariants_status.allowed must be a non-empty list of strings, got {allowed_states!r}")
+        return f"{kind}.expected must be true or false, got {d['expected']!r}"
+    return None
+
+
+def _minimum(kind: str, d: Mapping[str, Any]) -> str | None:
+    if "min" not in d:
+        return None
+    m = d["min"]
+    if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m):
+        return f"{kind}.min must be a finite number, got {m!r}"
+    return None
+
+
+def _allowed_states(kind: str, d: Mapping[str, Any]) -> str | None:
+    if kind != "invariants_status":
+        return None
+    states = d["allowed"]
+    if isinstance(states, list) and states and all(isinstance(s, str) and s.strip() for s in states):
+        return None
+    return f"invariants_status.allowed must be a non-empty list of strings, got {states!r}"
+
+
+#: The checks of a detector of a known kind, in order; each returns its problem or ``None``.
+_FIELD_CHECKS: Final = (_unknown_fields, _missing_fields, _one_threshold, _names, _expected, _minimum, _allowed_states)
+
+
+def _detector_problem(d: object) -> str | None:
+    if not isinstance(d, Mapping):
+        return f"detector must be an object, got {type(d).__name__}"
+    kind = d.get("kind")
+    if not isinstance(kind, str) or kind not in DETECTOR_FIELDS:
+        return f"unknown detector kind {kind!r}"
+    return next((problem for check in _FIELD_CHECKS if (problem := check(kind, d)) is not None), None)
+
+
+def validate_detector(d: object, where: str) -> None:
+    """Check one detector dict; raise :class:`CatalogError` with one line: ``where``, the first problem and
+    the accepted kinds/fields."""
+    problem = _detector_problem(d)
+    if problem is not None:
+        raise CatalogError(f"{where}: {problem}; accepted detectors: {_accepted()}")
 
 
 def _section(report: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -238,6 +238,27 @@ def _model_key(report: Mapping[str, Any]) -> str:
     return str(model) if model is not None else ""
 
 
+def _expectation(
+    strictness: str, gates_passed: bool, reasons: list[str], detectors: DetectorOutcome, signaled: bool
+) -> tuple[bool, str, str]:
+    """``(ok, what was expected, what happened)`` for one strictness (see the module docstring)."""
+    if strictness == "must_pass":
+        ok = gates_passed
+        return ok, "the report to pass every gate", "it passed" if ok else f"it failed: {', '.join(reasons)}"
+    if strictness == "must_fail":
+        expect = f"the report to fail its gates and detectors to hit ({detectors.describe()})"
+        got = ("gates failed: " + ", ".join(reasons)) if not gates_passed else "but it passed every gate"
+        got += "; detectors hit" if detectors.hit else "; detectors did not hit"
+        return not gates_passed and detectors.hit, expect, got
+    if strictness == "must_detect":
+        got = "detected" if detectors.hit else "not detected"
+        return detectors.hit, f"detectors to hit ({detectors.describe()})", got
+    if strictness == "informational":
+        expect = f"nothing (informational; detectors: {detectors.describe()})"
+        return True, expect, "signaled" if signaled else "no signal"
+    return False, f"a known strictness, got {strictness!r}", "cannot judge"
+
+
 def judge(scenario: Mapping[str, Any], report: Mapping[str, Any], *, model: str | None = None) -> Judgement:
     """Judge ``report`` (sidecars merged) against ``scenario`` (a scenarios.json entry). ``model``
     defaults to the report's ``model`` (a string, or a dict's ``key``).
@@ -254,27 +275,7 @@ def judge(scenario: Mapping[str, Any], report: Mapping[str, Any], *, model: str 
     signaled = detectors.hit or core_flag
     pg_hit = primary_guard_hit(str(scenario.get("primary_guard", "")), report, flags)
     ratio, lo, hi = _ratio(report)
-    if strictness == "must_pass":
-        ok = gates_passed
-        expect = "the report to pass every gate"
-        got = "it passed" if ok else f"it failed: {', '.join(reasons)}"
-    elif strictness == "must_fail":
-        ok = not gates_passed and detectors.hit
-        expect = f"the report to fail its gates and detectors to hit ({detectors.describe()})"
-        got = ("gates failed: " + ", ".join(reasons)) if not gates_passed else "but it passed every gate"
-        got += "; detectors hit" if detectors.hit else "; detectors did not hit"
-    elif strictness == "must_detect":
-        ok = detectors.hit
-        expect = f"detectors to hit ({detectors.describe()})"
-        got = "detected" if ok else "not detected"
-    elif strictness == "informational":
-        ok = True
-        expect = f"nothing (informational; detectors: {detectors.describe()})"
-        got = "signaled" if signaled else "no signal"
-    else:
-        ok = False
-        expect = f"a known strictness, got {strictness!r}"
-        got = "cannot judge"
+    ok, expect, got = _expectation(strictness, gates_passed, reasons, detectors, signaled)
     status = _section(report, "invariants").get("status")
     summary = _report_summary(ratio, lo, hi, report, flags)
     verdict = "as expected" if ok else "WRONG"

@@ -51,23 +51,29 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
+    """:func:`atomic_write_text` of ``data`` as sorted, indented JSON (NaN allowed: records and caches only)."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 def report_dir(run_dir: Path, model: str, scenario: str, run: int) -> Path:
+    """The directory of one case's evaluation report and probe sidecars."""
     return run_dir / "reports" / model / scenario / f"run_{run}"
 
 
 def report_relpath(model: str, scenario: str, run: int) -> str:
+    """One case's evaluation report, relative to the run directory (what a record's ``report`` holds)."""
     return f"reports/{model}/{scenario}/run_{run}/evaluation.report.json"
 
 
 def record_path(run_dir: Path, model: str, scenario: str, run: int) -> Path:
+    """Where one case's record lives."""
     return run_dir / "records" / model / scenario / f"run_{run}.json"
 
 
 @dataclass(frozen=True)
 class Record:
+    """One scenario run as stored (schema ``proofpack_record_v1``); ``report`` is relative to the run directory."""
+
     model: str
     scenario: str
     run: int
@@ -151,10 +157,12 @@ def stale_reason(previous: Mapping[str, Any], current: Mapping[str, Any]) -> str
 
 
 def write_run_json(run_dir: Path, data: Mapping[str, Any]) -> None:
+    """Write the run's identity (``run.json``) with its schema tag."""
     atomic_write_json(run_dir / "run.json", {"schema": RUN_SCHEMA, **data})
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any] | None:
+    """``run.json`` of ``run_dir``, or ``None`` when it is absent, unreadable or not a run description."""
     try:
         data = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -163,4 +171,5 @@ def read_run_json(run_dir: Path) -> dict[str, Any] | None:
 
 
 def planned_keys(cases: Iterable[Any]) -> list[list[Any]]:
+    """run.json's ``planned``: ``[model, scenario_id, run]`` of every collected case."""
     return [[c.model.key, c.scenario.id, c.run] for c in cases]

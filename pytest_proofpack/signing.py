@@ -61,6 +61,7 @@ def fingerprint(public: Ed25519PublicKey) -> str:
 
 
 def public_pem(public: Ed25519PublicKey) -> str:
+    """The key as SubjectPublicKeyInfo PEM text (what the envelope and the manifest carry)."""
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode("ascii")
@@ -203,6 +204,7 @@ def verify_envelope(
 
 
 def gpg_available() -> bool:
+    """A ``gpg`` binary is on PATH."""
     return shutil.which("gpg") is not None
 
 

@@ -517,7 +517,7 @@ def test_write_results_and_matrix(tmp_path: Path) -> None:
 
 
 def test_clopper_pearson_upper_bound_matches_closed_forms() -> None:
-    from pytest_proofpack.verdict import clopper_pearson_upper
+    from pytest_proofpack.verdict.summaries import clopper_pearson_upper
 
     for n in (5, 20, 21, 37):
         assert abs(clopper_pearson_upper(0, n) - (1 - 0.025 ** (1 / n))) < 1e-9  # x = 0: closed form

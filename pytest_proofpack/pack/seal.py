@@ -1,0 +1,80 @@
+"""Seal a staged pack: write checksums.sha256, manifest.json and the signature(s) over them.
+
+The Ed25519 DSSE envelope signs an in-toto statement whose subjects are the verdict and checksums.sha256 and
+whose predicate carries manifest.json's digest, so changing any sealed byte breaks the signature.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pytest_proofpack.errors import PackError
+from pytest_proofpack.pack.layout import (
+    CHECKSUMS,
+    CONTROL_FILES,
+    MANIFEST,
+    SIGNATURE,
+    VERDICT_PATH,
+    sha256_file,
+    walk_files,
+)
+from pytest_proofpack.pack.manifest import make_manifest
+from pytest_proofpack.results import atomic_write_text
+from pytest_proofpack.signing import SigningKey, gpg_available, gpg_sign, make_statement, sign_statement
+from pytest_proofpack.verdict import dump_json
+
+__all__ = ["seal_pack"]
+
+
+def _now_z() -> str:
+    # SOURCE_DATE_EPOCH makes a rebuilt pack byte-identical (reproducible-builds convention).
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), UTC) if epoch and epoch.isdigit() else datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_checksums(pack: Path) -> str:
+    """Write checksums.sha256 over every file but the control files; return its own digest."""
+    lines = []
+    for path in walk_files(pack):
+        rel = path.relative_to(pack).as_posix()
+        if rel in CONTROL_FILES:
+            continue
+        if path.is_symlink() or not path.is_file():
+            raise PackError(f"{rel}: packs hold regular files only", exit_code=6)
+        lines.append(f"{sha256_file(path)}  ./{rel}\n")
+    atomic_write_text(pack / CHECKSUMS, "".join(lines))
+    return sha256_file(pack / CHECKSUMS)
+
+
+def seal_pack(pack: Path, key: SigningKey, *, gpg: bool = False, generated_at: str | None = None) -> None:
+    """(Re)write checksums.sha256, manifest.json and the signature(s) of a staged pack directory.
+
+    ``gpg`` adds a detached GPG signature of the manifest when a ``gpg`` binary is on PATH (a warning when not).
+    Raises :class:`PackError` when the pack holds a symlink or special file.
+    """
+    for name in CONTROL_FILES:
+        (pack / name).unlink(missing_ok=True)
+    checksums_digest = _write_checksums(pack)
+    manifest = make_manifest(pack, checksums_digest, key, generated_at or _now_z())
+    atomic_write_text(pack / MANIFEST, dump_json(manifest))
+    statement = make_statement(
+        [(VERDICT_PATH, sha256_file(pack / VERDICT_PATH)), (CHECKSUMS, checksums_digest)],
+        {
+            "manifest": {"name": MANIFEST, "digest": {"sha256": sha256_file(pack / MANIFEST)}},
+            "verdict": manifest["verdict"],
+            "suite": manifest["suite"],
+        },
+    )
+    atomic_write_text(pack / SIGNATURE, dump_json(sign_statement(statement, key)))
+    if gpg:
+        if gpg_available():
+            gpg_sign(pack / MANIFEST)
+        else:
+            warnings.warn(
+                "gpg signing requested but no `gpg` on PATH; pack has the Ed25519 signature only",
+                stacklevel=2,
+            )
