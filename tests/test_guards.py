@@ -18,14 +18,9 @@ from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
 
 from pytest_proofpack.data.windows import WindowSet
 from pytest_proofpack.engine import evaluate as evaluate_module
+from pytest_proofpack.engine.baseline import BaselineMismatchError, BaselineState
 from pytest_proofpack.engine.config import EngineConfig
-from pytest_proofpack.engine.evaluate import (
-    BaselineMismatchError,
-    BaselineState,
-    evaluate,
-    prepare_baseline,
-    shared_preview_rows,
-)
+from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline, shared_preview_rows
 from pytest_proofpack.engine.guards import invariants as inv
 from pytest_proofpack.engine.guards import rmt, spectral, variance
 from pytest_proofpack.engine.guards.edge_statistic import edge_and_mean_square, top_ritz_value
