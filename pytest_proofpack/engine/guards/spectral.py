@@ -171,7 +171,8 @@ class _Findings:
         if now is None:
             self.missing.append(key)  # structure is the invariants guard's business; nothing to compare here
             return
-        sigma_base, sigma_now = base.get("sigma"), now.get("sigma")
+        sigma_base: Any = base.get("sigma")
+        sigma_now: Any = now.get("sigma")
         reason = _degeneracy(sigma_base, sigma_now)
         if reason is not None:
             self._fatal(key, family, reason, sigma_base, sigma_now)
