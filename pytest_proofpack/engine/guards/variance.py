@@ -148,9 +148,9 @@ def _paired_gain(
 ) -> tuple[dict[str, Any], list[str]]:
     """The A/B test of the proposed scales over the chunks finite in both passes: the section's measured fields
     and the reasons there is no signal (none when the gain's CI lower bound exceeds ``min_effect``)."""
-    no = [x for row in no_ve for x in row]
-    wi = [x for row in with_ve for x in row]
-    pairs = [(a, b) for a, b in zip(no, wi, strict=True) if a is not None and b is not None]
+    without = [x for row in no_ve for x in row]
+    scaled = [x for row in with_ve for x in row]
+    pairs = [(a, b) for a, b in zip(without, scaled, strict=True) if a is not None and b is not None]
     if not pairs:
         return {}, ["missing_losses"]
     arr = np.asarray(pairs, dtype=np.float64)
