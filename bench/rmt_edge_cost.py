@@ -1,4 +1,4 @@
-"""Cost of the RMT guard's per-module edge statistic (``_edge_and_mean_square``) on one CPU thread.
+"""Cost of the RMT guard's per-module edge statistic (``edge_and_mean_square``) on one CPU thread.
 
 Times the statistic on activation-shaped inputs (tokens x features) and splits off the eigenvalue search (Lanczos
 since engine 5, 100 power iterations before; since engine 6, for a Gram matrix of size >= 768, on the Gram matrix
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pytest_proofpack.engine.guards.rmt import _edge_and_mean_square, _lanczos_coefficients
+from pytest_proofpack.engine.guards.edge_statistic import edge_and_mean_square, lanczos_coefficients
 
 
 def main() -> int:
@@ -29,15 +29,15 @@ def main() -> int:
     torch.manual_seed(0)
     for n in a.features:
         x = torch.randn(a.tokens, n)
-        float(_edge_and_mean_square(x)[0])  # warm-up
+        float(edge_and_mean_square(x)[0])  # warm-up
         t = time.perf_counter()
         for _ in range(a.repeats):
-            float(_edge_and_mean_square(x)[0])
+            float(edge_and_mean_square(x)[0])
         whole = (time.perf_counter() - t) / a.repeats
         z = torch.randn(a.tokens, n)  # any matrix of the activation's shape: Lanczos costs the same
         t = time.perf_counter()
         for _ in range(a.repeats):
-            _lanczos_coefficients(z)
+            lanczos_coefficients(z)
         search = (time.perf_counter() - t) / a.repeats
         print(f"{a.tokens} x {n}: edge statistic {whole * 1e3:.1f} ms (eigenvalue search {search * 1e3:.1f} ms, "
               f"standardisation, any Gram product and the rest {(whole - search) * 1e3:.1f} ms)")

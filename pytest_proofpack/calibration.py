@@ -25,13 +25,14 @@ from typing import Any, Final
 
 import numpy as np
 
+from pytest_proofpack.engine.baseline import BaselineState
 from pytest_proofpack.engine.config import (
     DEFAULT_RMT_EPSILON,
     DEFAULT_RMT_EPSILON_BY_FAMILY,
     HYSTERESIS_RATIO,
     EngineConfig,
 )
-from pytest_proofpack.engine.evaluate import BaselineState, evaluate, prepare_baseline
+from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline
 from pytest_proofpack.errors import ProofpackError
 
 PRESET_SCHEMA: Final = "proofpack_preset_v1"

@@ -7,15 +7,13 @@ Three settings, all about the large blocks torch allocates and frees for every w
 * :func:`reusing_heap` (held around each batch's forward, ``engine.metric.token_nll``, and around each edit or
   fault application and each restore): in a process that pinned the threshold, blocks up to 32 MiB come from the
   heap and stay there when freed, so each layer's activations reuse the pages of the layer before instead of
-  faulting in fresh, kernel-zeroed ones (a SmolLM2 worker spent ~15 % of its time in the kernel doing that); on
-  leaving, the pin is back and ``malloc_trim`` gives every free page to the OS, so what a phase freed does not stay
-  resident after it. Held per batch rather than per scenario, so a worker's peak grows by one forward's
-  fragmentation only (``bench/RESULTS.md``).
+  faulting in fresh, kernel-zeroed ones; on leaving, the pin is back and ``malloc_trim`` gives every free page to
+  the OS, so what a phase freed does not stay resident after it. Held per batch rather than per scenario, so a
+  worker's peak grows by one forward's fragmentation only.
 * :func:`worker_glibc_tunables` (applied by the controller before it spawns xdist workers): those mappings are
   advised as transparent huge pages (``glibc.malloc.hugetlb=1``), so touching a fresh 2 MiB region costs one
-  page fault instead of 512. With the pinned threshold alone a SmolLM2 worker spent ~20 % of its time in the
-  kernel faulting in fresh pages (``bench/RESULTS.md``). glibc reads ``GLIBC_TUNABLES`` only when a process
-  starts, so it cannot be set from inside a worker; a run without xdist workers keeps 4 KiB pages.
+  page fault instead of 512. glibc reads ``GLIBC_TUNABLES`` only when a process starts, so it cannot be set from
+  inside a worker; a run without xdist workers keeps 4 KiB pages.
 """
 
 from __future__ import annotations
@@ -73,8 +71,8 @@ def pin_malloc_mmap_threshold() -> bool:
 
     glibc serves a block from its heap unless it exceeds the mmap threshold, and by default raises that threshold
     (up to 32 MiB) each time a larger mmapped block is freed. After the first big tensor is freed, weight-matrix
-    backups and activations (1-30 MiB each) therefore come from the heap, and once freed they stay resident behind
-    fragmentation: a SmolLM2 worker held ~1 GB more than its live tensors after calibrating. A fixed threshold
+    backups and activations (megabytes each) therefore come from the heap, and once freed they stay resident behind
+    fragmentation, so a worker's memory grows far beyond its live tensors. A fixed threshold
     (which also disables the adjustment) returns every such block to the OS when torch frees it. Not glibc (macOS,
     musl): nothing to do, ``False``. ``MALLOC_MMAP_THRESHOLD_`` in the environment wins (glibc reads it at start).
     """

@@ -13,8 +13,9 @@ from fetched_assets import SUITE, load_smol, smoke_catalog, smoke_tokens
 
 from pytest_proofpack.data.windows import WindowSet, make_eval_windows
 from pytest_proofpack.edits import apply_edit, parse_edit_spec
+from pytest_proofpack.engine.baseline import BaselineState
 from pytest_proofpack.engine.config import EngineConfig
-from pytest_proofpack.engine.evaluate import BaselineState, evaluate, prepare_baseline
+from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline
 
 pytestmark = pytest.mark.slow
 CFG = EngineConfig(bootstrap_replicates=1000, guard_windows=2, batch_size=4)

@@ -18,16 +18,12 @@ from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
 
 from pytest_proofpack.data.windows import WindowSet
 from pytest_proofpack.engine import evaluate as evaluate_module
+from pytest_proofpack.engine.baseline import BaselineMismatchError, BaselineState
 from pytest_proofpack.engine.config import EngineConfig
-from pytest_proofpack.engine.evaluate import (
-    BaselineMismatchError,
-    BaselineState,
-    evaluate,
-    prepare_baseline,
-    shared_preview_rows,
-)
+from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline, shared_preview_rows
 from pytest_proofpack.engine.guards import invariants as inv
 from pytest_proofpack.engine.guards import rmt, spectral, variance
+from pytest_proofpack.engine.guards.edge_statistic import edge_and_mean_square, top_ritz_value
 from pytest_proofpack.engine.metric import window_losses
 from pytest_proofpack.engine.report import REPORT_FILE, check_report, write_report
 from pytest_proofpack.models.adapters import matrix, weight_refs
@@ -198,7 +194,7 @@ def test_edge_statistic_is_the_top_singular_value_over_the_mp_edge(m: int, n: in
     x = (torch.randn(m, n, generator=g) + torch.randn(m, 1, generator=g) @ torch.randn(1, n, generator=g) * 2.0
          + torch.randn(m, 2, generator=g) @ torch.randn(2, n, generator=g) * 0.4)
     x[:, 1] = 2.5
-    r, ms = rmt._edge_and_mean_square(x, implicit)
+    r, ms = edge_and_mean_square(x, implicit)
     assert float(r) == pytest.approx(_exact_edge(x), rel=2e-5)
     # var + mean^2 from float32 per-feature mean and two-pass deviation: float32 round-off, far below any threshold
     assert float(ms) == pytest.approx(float((x.double() ** 2).mean()), rel=2e-6)
@@ -221,7 +217,7 @@ def test_edge_statistic_resolves_nearly_equal_top_eigenvalues(implicit: bool) ->
     z = (x - x.mean(dim=0)) / x.std(dim=0, unbiased=False)
     top = torch.linalg.eigvalsh(z.t() @ z)[-2:]
     assert float(top[0] / top[1]) > 0.99  # the case this test is about
-    r, _ = rmt._edge_and_mean_square(x.float(), implicit)
+    r, _ = edge_and_mean_square(x.float(), implicit)
     assert r == pytest.approx(_exact_edge(x.float()), rel=1e-6)
 
 
@@ -240,7 +236,7 @@ def test_edge_statistic_degenerate_inputs(case: str, implicit: bool) -> None:
         if case == "nan":
             x = torch.randn(32, 16, generator=g)
             x[3, 5] = float("nan")
-    r, _ = rmt._edge_and_mean_square(x, implicit)
+    r, _ = edge_and_mean_square(x, implicit)
     if case == "all_constant":  # every feature dropped: n' = 0 and no structure
         assert r == 0.0
     elif case == "nan":
@@ -254,7 +250,7 @@ def test_top_ritz_value_of_a_tridiagonal_matrix() -> None:
     k = int(rng.integers(1, 40))
     alpha, beta = rng.normal(size=k), rng.normal(size=k - 1)
     t = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
-    assert rmt.top_ritz_value(np.concatenate([alpha, beta])) == pytest.approx(np.linalg.eigvalsh(t)[-1], rel=1e-12)
+    assert top_ritz_value(np.concatenate([alpha, beta])) == pytest.approx(np.linalg.eigvalsh(t)[-1], rel=1e-12)
 
 
 def _edge_stats(values: dict[str, float], family: str = "ffn") -> dict[str, dict[str, Any]]:

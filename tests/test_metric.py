@@ -14,7 +14,8 @@ from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral
 from pytest_proofpack.data.windows import WindowSet, token_hash
 from pytest_proofpack.engine import metric
 from pytest_proofpack.engine.config import EngineConfig
-from pytest_proofpack.engine.metric import PairingError, check_pairing, paired_primary_metric, window_losses
+from pytest_proofpack.engine.metric import window_losses
+from pytest_proofpack.engine.pairing import PairingError, check_pairing, paired_primary_metric
 
 
 def make_windows(n: int, seq_len: int, seed: int, vocab: int = 128, offset: int = 0) -> WindowSet:

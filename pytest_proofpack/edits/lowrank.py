@@ -18,19 +18,12 @@ every QR is of the short side, ``min(shape) × q``):
    transpose, built the right way round). No division by a singular value: a rank-deficient ``w`` is safe.
 
 So the edit is always the exact rank-``r`` truncation of ``w`` projected on a subspace, with its exact retained
-energy; the precision of the power iterations only chooses the subspace. Measured on SmolLM2
-(``python bench/lowrank_accuracy.py``, bench/RESULTS.md): at rank 32 on 28 matrices (layers 0, 10, 20, 29; seeds 1
-and 2) the retained energy falls short of the exact truncation's by 1.71 % on average (max 4.18 %) with either
-precision (the two agree to 1e-5), against 2.15 % (max 4.99 %) for the previous algorithm (four fp32 iterations
-orthonormalising the long side, ending in ``B = Qᵀ w``). A matrix of rank < r comes back to 5e-7 with either; with
-bfloat16 all the way, 1.2e-3 of it was lost. On this box's AMX the bfloat16 products are 2-3.7x faster than fp32
-ones, and the truncations of ``lowrank_svd:32:all`` take 1.02 s against 1.33 s in fp32 (the fp32 path costs what
-the previous algorithm did). Why four power iterations: trained weights have flat spectra; with two, the previous
-algorithm's shortfall was 7.0 %.
+energy; the precision of the power iterations only chooses the subspace, which is why they may run in the faster
+bfloat16 (``bench/lowrank_accuracy.py`` compares both with the exact truncation). Four power iterations, because
+trained weights have flat spectra: with fewer, the subspace misses a visible part of the top-``r`` energy.
 
 A small-rank truncation needs only the top of the spectrum, which the randomized method finds at a fraction of the
-cost of a full SVD (``lowrank_svd:32:all`` on SmolLM2: 210 full SVDs took minutes on one core). Matrices with
-``min(shape) <= r`` are already of rank <= r: they are skipped (``skipped: True``).
+cost of a full SVD. Matrices with ``min(shape) <= r`` are already of rank <= r: they are skipped (``skipped: True``).
 ``energy_retained = sum(S[:r]^2) / ||w||_F^2``, with ``||w||_F^2`` summed from fp32 row norms in float64.
 """
 
@@ -61,8 +54,8 @@ def allow_low_precision(allowed: bool) -> bool:
 @functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU of compute capability >= 8.0, or a
-    CPU with AMX tiles or AVX512-BF16. Elsewhere bfloat16 products are emulated, slower than float32 (on an AVX2
-    CPU, 36x slower), and the range finder stays in float32. Asked once per device (every matrix asks)."""
+    CPU with AMX tiles or AVX512-BF16. Elsewhere bfloat16 products are emulated, many times slower than float32,
+    and the range finder stays in float32. Asked once per device (every matrix asks)."""
     import torch
 
     if device.type == "cuda":  # bfloat16 tensor cores from Ampere (compute capability 8.0) on

@@ -1,14 +1,12 @@
 """Seeded BCa bootstrap confidence interval of a mean (uniform pair resampling).
 
 The interval is computed in float64 with numpy. Replicate ``b`` resamples indices
-``numpy.random.default_rng(seed).integers(0, n, size=(replicates, n))[b]``, so any implementation drawing
-from the
+``numpy.random.default_rng(seed).integers(0, n, size=(replicates, n))[b]``, so any implementation drawing from the
 same generator reproduces it exactly (the tests do so with a pure-Python reference).
 
 * all values equal (including ``n == 1``) -> ``(mean, mean)``: there is nothing to resample;
-* bias correction ``z0 = Phi^-1((#{theta* < theta} + 0.5 #{theta* == theta}) / B)``, clipped to (1e-6, 1 -
-1e-6);
-  the half-count for ties fixes the reference's tie-blind z0;
+* bias correction ``z0 = Phi^-1((#{theta* < theta} + 0.5 #{theta* == theta}) / B)``, clipped to
+  ``(1e-6, 1 - 1e-6)``; the half-count for ties fixes the reference's tie-blind z0;
 * acceleration from the jackknife of the mean; undefined (zero spread) -> 0, i.e. the BC percentile interval;
 * bounds are linear-interpolated quantiles (numpy's default) of the replicates at the adjusted levels.
 """
@@ -24,8 +22,8 @@ _ND = NormalDist()
 
 
 def bca_interval(values: npt.ArrayLike, *, replicates: int, alpha: float, seed: int) -> tuple[float, float]:
-    """Two-sided ``1 - alpha`` BCa interval of ``mean(values)``. Raises ``ValueError`` on empty or
-    non-finite input."""
+    """Two-sided ``1 - alpha`` BCa interval of ``mean(values)``. Raises ``ValueError`` on empty or non-finite
+    input."""
     x = np.asarray(values, dtype=np.float64).ravel()
     n = x.size
     if n == 0:

@@ -1,9 +1,8 @@
 """Engine configuration, tier tables and the documented defaults used when no calibrated preset is given.
 
-Every number the engine gates on is either a tier constant below (the reference's tier catalogue, §6 of the
-engine reference) or comes from a calibrated preset (:mod:`pytest_proofpack.calibration`). The defaults
-below are
-what an *uncalibrated* run uses; the report records which one applied (``thresholds_source``).
+Every number the engine gates on is either a tier constant below (the reference's tier catalogue, §6 of the engine
+reference) or comes from a calibrated preset (:mod:`pytest_proofpack.calibration`). The defaults below are what an
+*uncalibrated* run uses; the report records which one applied (``thresholds_source``).
 """
 
 from __future__ import annotations
@@ -31,10 +30,10 @@ DEFAULT_SPECTRAL_THRESHOLD: Final = 0.10
 #: sigma ratios outside [1/10, 10] (or a non-finite sigma) are fatal degeneracy, whatever the budget.
 SPECTRAL_FATAL_RATIO: Final = 10.0
 #: largest increase over a family's modules of log(r_now / r_base) (activation edge statistic). The FFN's
-#: intermediate activation (family ``ffn_act``) is a steady statistic: clean 4-bit/FP8/prune/low-rank edits of
-#: SmolLM2 raised it by at most 2.6 % over 12 evaluations, so 0.10 (~10.5 %). The residual writers' outputs (attn_out,
-#: ffn_down) are dominated by a few massive-activation tokens and move with the window sample: the same edits raised
-#: them by up to 14.7 % (one FP8 e5m2 run), so 0.20 (~22 %).
+#: intermediate activation (family ``ffn_act``) is a steady statistic that clean 4-bit/FP8/prune/low-rank edits raise
+#: by a few percent at most, so 0.10 (~10.5 %). The residual writers' outputs (attn_out, ffn_down) are dominated by a
+#: few massive-activation tokens and move with the window sample, so clean edits raise them several times as much:
+#: 0.20 (~22 %).
 DEFAULT_RMT_EPSILON: Final = 0.20
 DEFAULT_RMT_EPSILON_BY_FAMILY: Final[dict[str, float]] = {"ffn_act": 0.10}
 #: VE proposes a scale for a layer when |alpha - 1| >= deadband (reference balanced tier: 0.02).
@@ -60,13 +59,9 @@ class EngineConfig:
         if self.tier not in TIERS:
             raise OptionError(f"engine tier {self.tier!r} is not one of {', '.join(TIERS)}; pick one of them")
         if self.gate_rule not in GATE_RULES:
-            raise OptionError(
-                f"engine gate_rule {self.gate_rule!r} is not one of point, upper; pick one of them"
-            )
+            raise OptionError(f"engine gate_rule {self.gate_rule!r} is not one of point, upper; pick one of them")
         if self.batch_size < 1 or self.guard_windows < 1 or self.bootstrap_replicates < 1:
-            raise OptionError(
-                "engine batch_size, guard_windows and bootstrap_replicates must be >= 1; raise them"
-            )
+            raise OptionError("engine batch_size, guard_windows and bootstrap_replicates must be >= 1; raise them")
         if not 0.0 < self.alpha < 1.0:
             raise OptionError(f"engine alpha {self.alpha} must lie in (0, 1); use e.g. 0.05")
 

@@ -1,16 +1,15 @@
 """``all_finite``: whether a tensor holds no NaN or Inf, without a full-size temporary.
 
-``torch.isfinite(t).all()`` materialises ``|t|`` in ``t``'s dtype and three boolean masks of ``t``'s size: for
-SmolLM2-135M's 49 152 x 576 fp32 embedding that is 189 MiB above the resting RSS for a check that reads 108 MiB
-(``bench/worker_memory.py``: the invariants guard and the first spectral measurement each raised a worker's peak
-by that much). Checking :data:`CHUNK_ELEMENTS` elements at a time gives the same answer with a bounded
-temporary: on that embedding the peak rose 33 MiB instead of 194 MiB (``VmHWM``, glibc mmap threshold pinned).
+``torch.isfinite(t).all()`` materialises ``|t|`` in ``t``'s dtype and three boolean masks of ``t``'s size: for a
+large matrix (an embedding, say) that is more memory than the tensor itself, for a check that only reads it, and
+it raises a worker's peak. Checking :data:`CHUNK_ELEMENTS` elements at a time gives the same answer with a bounded
+temporary.
 
-On the CPU a sum comes first: one reduction pass with no temporary at all, ~12x faster than the masks (SmolLM2's
-272 tensors: 0.04 s instead of 0.49 s, one thread). A NaN or Inf element makes an IEEE sum non-finite, and
-nothing makes a sum of finite values NaN, so a finite sum proves every element finite; a non-finite sum (a
-NaN/Inf element, or finite values whose sum overflows) is settled by the exact chunked check. On an accelerator
-that decision would need a host sync per tensor, so the chunked check runs directly there.
+On the CPU a sum comes first: one reduction pass with no temporary at all, much faster than the masks. A NaN or Inf
+element makes an IEEE sum non-finite, and nothing makes a sum of finite values NaN, so a finite sum proves every
+element finite; a non-finite sum (a NaN/Inf element, or finite values whose sum overflows) is settled by the exact
+chunked check. On an accelerator that decision would need a host sync per tensor, so the chunked check runs
+directly there.
 """
 
 from __future__ import annotations

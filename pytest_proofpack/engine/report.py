@@ -43,8 +43,7 @@ class EvaluationResult:
 
 
 def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` with non-finite floats as ``None``, tuples as lists and numpy scalars as Python
-    ones."""
+    """A copy of ``obj`` with non-finite floats as ``None``, tuples as lists and numpy scalars as Python ones."""
     if isinstance(obj, Mapping):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -76,8 +75,7 @@ def write_report(path_dir: Path, result: EvaluationResult) -> list[Path]:
 
 
 def check_report(report: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` unless ``report`` carries this schema, version and every validation flag as a
-    bool."""
+    """Raise ``ValueError`` unless ``report`` carries this schema, version and every validation flag as a bool."""
     if report.get("schema") != REPORT_SCHEMA or report.get("schema_version") != REPORT_SCHEMA_VERSION:
         raise ValueError(f"report schema must be {REPORT_SCHEMA} v{REPORT_SCHEMA_VERSION}")
     v = report.get("validation")

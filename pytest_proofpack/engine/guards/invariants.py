@@ -1,16 +1,13 @@
 """Invariants guard: structural and numerical sanity of the subject against the baseline's snapshot.
 
 :func:`snapshot` records (JSON) every parameter's and buffer's shape and dtype, the embedding vocab sizes, the
-config's vocab/layer/hidden sizes, the actual block count, the weight-tying pairs and the norm modules (any
-class
-whose name contains ``Norm``: LayerNorm, RMSNorm, ...). :func:`validate` re-snapshots the subject, checks
-every
+config's vocab/layer/hidden sizes, the actual block count, the weight-tying pairs and the norm modules (any class
+whose name contains ``Norm``: LayerNorm, RMSNorm, ...). :func:`validate` re-snapshots the subject, checks every
 floating tensor for non-finite values (parameters *and* buffers) and compares.
 
-Every failure is ``{check, severity, detail}``; severity ``fatal`` makes the status ``fail``, ``warning``
-makes it
-``warn``. A check that raises makes the status ``error`` (see :func:`run_guarded` in the engine), never
-``pass``.
+Every failure is ``{check, severity, detail}``; severity ``fatal`` makes the status ``fail``, ``warning`` makes it
+``warn``. A check that raises makes the status ``error`` (the guard chain runs every guard fail-closed, see
+:mod:`pytest_proofpack.engine.guard_chain`), never ``pass``.
 """
 
 from __future__ import annotations
@@ -91,21 +88,40 @@ def _fail(check: str, detail: str, severity: str = "fatal") -> dict[str, str]:
 
 
 def compare(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]]:
-    """Failures of snapshot ``now`` against baseline snapshot ``base`` (see the module docstring)."""
+    """Failures of snapshot ``now`` against baseline snapshot ``base`` (see the module docstring). A changed
+    parameter count is a warning, reported only when nothing else explains it."""
+    out = [
+        *_tensor_failures(base["tensors"], now["tensors"]),
+        *_vocab_failures(base, now),
+        *_structure_failures(base, now),
+        *_layer_failures(base, now),
+    ]
+    if base["parameter_count"] != now["parameter_count"] and not out:
+        out.append(_fail("parameter_count", f"{base['parameter_count']} -> {now['parameter_count']}", "warning"))
+    return out
+
+
+def _tensor_failures(base: dict[str, list[Any]], now: dict[str, list[Any]]) -> list[dict[str, str]]:
+    """Missing and extra tensors, then each common tensor's shape and dtype, in name order."""
     out: list[dict[str, str]] = []
-    bt, nt = base["tensors"], now["tensors"]
-    missing = sorted(set(bt) - set(nt))
-    extra = sorted(set(nt) - set(bt))
+    missing = sorted(set(base) - set(now))
+    extra = sorted(set(now) - set(base))
     if missing:
         out.append(_fail("missing_tensors", f"{len(missing)} missing, e.g. {', '.join(missing[:5])}"))
     if extra:
         out.append(_fail("extra_tensors", f"{len(extra)} extra, e.g. {', '.join(extra[:5])}"))
-    for name in sorted(set(bt) & set(nt)):
-        (bs, bd), (ns, nd) = bt[name], nt[name]
-        if list(bs) != list(ns):
-            out.append(_fail("tensor_shape", f"{name}: {bs} -> {ns}"))
-        if bd != nd:
-            out.append(_fail("tensor_dtype", f"{name}: {bd} -> {nd}"))
+    for name in sorted(set(base) & set(now)):
+        (base_shape, base_dtype), (now_shape, now_dtype) = base[name], now[name]
+        if list(base_shape) != list(now_shape):
+            out.append(_fail("tensor_shape", f"{name}: {base_shape} -> {now_shape}"))
+        if base_dtype != now_dtype:
+            out.append(_fail("tensor_dtype", f"{name}: {base_dtype} -> {now_dtype}"))
+    return out
+
+
+def _vocab_failures(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]]:
+    """Embedding and head vocabulary sizes against the baseline's, and the head against the config's vocabulary."""
+    out: list[dict[str, str]] = []
     if base["embedding_vocab_sizes"] != now["embedding_vocab_sizes"] or base["head_rows"] != now["head_rows"]:
         out.append(
             _fail(
@@ -116,20 +132,31 @@ def compare(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]]:
         )
     if base["config_vocab_size"] != now["config_vocab_size"]:
         out.append(_fail("config_vocab_size", f"{base['config_vocab_size']} -> {now['config_vocab_size']}"))
-    cv = now["config_vocab_size"]
-    if isinstance(cv, int) and now["head_rows"] is not None and now["head_rows"] < cv:
-        out.append(_fail("vocab_vs_config", f"output embedding has {now['head_rows']} rows < config {cv}"))
+    config_vocab = now["config_vocab_size"]
+    if isinstance(config_vocab, int) and now["head_rows"] is not None and now["head_rows"] < config_vocab:
+        out.append(_fail("vocab_vs_config", f"output embedding has {now['head_rows']} rows < config {config_vocab}"))
+    return out
+
+
+def _structure_failures(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]]:
+    """Weight tying and norm modules against the baseline's."""
+    out: list[dict[str, str]] = []
     if base["tied_pairs"] != now["tied_pairs"]:
         out.append(_fail("weight_tying", f"tied pairs {base['tied_pairs']} -> {now['tied_pairs']}"))
     gone = sorted(set(base["norms"]) - set(now["norms"]))
     if gone:
         out.append(_fail("norm_missing", f"{len(gone)} norm modules gone, e.g. {', '.join(gone[:5])}"))
+    return out
+
+
+def _layer_failures(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]]:
+    """The block list against the config's layer count, and block count, layer count and hidden size against the
+    baseline's."""
+    out: list[dict[str, str]] = []
     if now["n_blocks"] is None:
         out.append(_fail("blocks_missing", "no transformer block list found"))
     elif now["config_layers"] is not None and now["config_layers"] != now["n_blocks"]:
-        out.append(
-            _fail("layer_count", f"config says {now['config_layers']} layers, model has {now['n_blocks']}")
-        )
+        out.append(_fail("layer_count", f"config says {now['config_layers']} layers, model has {now['n_blocks']}"))
     if base["n_blocks"] != now["n_blocks"] or base["config_layers"] != now["config_layers"]:
         out.append(
             _fail(
@@ -146,14 +173,11 @@ def compare(base: dict[str, Any], now: dict[str, Any]) -> list[dict[str, str]]:
                 f"{base['embedding_dim']} -> {now['embedding_dim']}",
             )
         )
-    if base["parameter_count"] != now["parameter_count"] and not out:
-        out.append(
-            _fail("parameter_count", f"{base['parameter_count']} -> {now['parameter_count']}", "warning")
-        )
     return out
 
 
 def status_of(failures: list[dict[str, str]]) -> str:
+    """``fail`` with a fatal failure, ``warn`` with warnings only, else ``pass``."""
     if any(f["severity"] == "fatal" for f in failures):
         return "fail"
     return "warn" if failures else "pass"
@@ -161,7 +185,7 @@ def status_of(failures: list[dict[str, str]]) -> str:
 
 def validate(model: Any, base: dict[str, Any]) -> dict[str, Any]:
     """Check ``model`` against baseline snapshot ``base``: ``{status, failures, checks_performed,
-    snapshot_now}``."""
+    tensors_checked}``."""
     failures: list[dict[str, str]] = []
     bad = non_finite_tensors(model)
     if bad:

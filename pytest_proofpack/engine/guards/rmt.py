@@ -2,38 +2,24 @@
 
 Hooks sit on the output of every attention output projection (role ``attn_out``) and MLP down projection (role
 ``ffn_down``; for fused MoE experts, the ``experts`` container), and on the *input* of every two-dimensional MLP
-down projection (role and family ``ffn_act``: the FFN's intermediate activation, where a fault in the up/gate
-rows shows first), one per layer, found through the architecture adapter. The guard windows are full, unpadded
-rows, so no pad-token rows enter the statistic.
-
-For one batch's activation ``X`` (``m`` tokens x ``n`` features) each feature is standardised over the tokens
-(constant features are dropped, leaving ``n'``); the edge statistic is ``r = sigma_max(Z) / (sqrt(m) + sqrt(n'))``,
-the top singular value relative to the Marchenko-Pastur edge of an i.i.d. unit-variance matrix of the same shape.
-``sigma_max(Z)^2`` is the top eigenvalue of the smaller Gram matrix ``G``, found by ``LANCZOS_STEPS`` steps of Lanczos
-with full reorthogonalisation (twice per step) from a fixed seeded start (from size ``IMPLICIT_MIN`` on, ``G`` is
-applied as ``Zᵀ (Z v)`` without being formed: since engine 6; forming it was the statistic's largest cost). The top
-eigenvalue of the tridiagonal ``T`` they build (float64, on the host) is a Ritz value of ``G``, never above its top
-eigenvalue, and converges much faster than power iteration where the two top eigenvalues nearly coincide. On SmolLM2's
-90 guard activations (top-two ratio up to 0.983) 16 steps already reach float32 round-off (6e-8 relative to the
-statistic computed in float64 with a dense eigensolver), where the 100 power iterations used before engine 5 were up to
-3e-4 off; 24 steps leave a margin and cost a third to a half of those 100 iterations. A ``G`` with at most
-``LANCZOS_STEPS`` rows spans its whole Krylov space, so its value is exact. The Lanczos steps run on the device inside
-the hook with no host sync; the coefficients of every hooked batch are gathered with one host transfer at the end.
-Batches are combined by token-weighted mean. The standardisation takes two passes over the activation (centre; two-pass
-deviation; scale in place), and the mean square the variance guard reads is ``var + mean^2`` per feature.
+down projection (role and family ``ffn_act``: the FFN's intermediate activation, where a fault in the up/gate rows
+shows first), one per layer, found through the architecture adapter. The guard windows are full, unpadded rows, so
+no pad-token rows enter the statistic. Each hooked batch yields the edge statistic ``r`` of
+:mod:`~pytest_proofpack.engine.guards.edge_statistic`; batches are combined by token-weighted mean. The same hooks
+record each module's output mean square for the variance guard.
 
 Decision, per family, on the **one-sided** log change of each module's statistic, ``d = log(r_now / r_base)``:
 the family's shift is ``max over its modules of max(0, d)``; a family violates iff its shift exceeds
 ``epsilon_family`` (preset ``rmt.epsilon_by_family``, else the defaults of :mod:`pytest_proofpack.engine.config`,
-which say why the families differ), or any of its modules has a non-finite ``r_now``.
-``rmt_stable`` = no violations. Why one-sided: ``r`` above 1 measures correlated structure standing out of the
-Marchenko-Pastur bulk (outlier directions, anisotropy); an edit that *adds* structure raises it, while an edit that
-adds noise lowers it. Measured on SmolLM2-135M, a clean 4-bit FFN edit lowers one down projection's ``r`` by 47 %
-(log -0.64) and raises none by more than 3 %, whereas blending 30 % of the rows of one up projection raises that
-layer's intermediate-activation ``r`` by 32 %. Quality loss from noise is the primary metric's job. Why the maximum over
+which say why the families differ), or any of its modules has a non-finite ``r_now``. ``rmt_stable`` = no
+violations.
+
+Why one-sided: ``r`` above 1 measures correlated structure standing out of the Marchenko-Pastur bulk (outlier
+directions, anisotropy); an edit that *adds* structure (blending rows of a projection) raises it, while an edit that
+adds noise (a clean quantisation) lowers it, and can lower it by more than a structural fault raises it, so a
+two-sided rule would flag clean edits. Quality loss from noise is the primary metric's job. Why the maximum over
 modules: a fault confined to a few layers moves those modules a lot and the family mean little. Decreases are
-reported (``max_decrease_by_family``, ``top_modules``) but do not gate. The same hooks record each module's output
-mean square for the variance guard.
+reported (``max_decrease_by_family``, ``top_modules``) but do not gate.
 """
 
 from __future__ import annotations
@@ -44,13 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from pytest_proofpack.engine.config import DEFAULT_RMT_EPSILON, DEFAULT_RMT_EPSILON_BY_FAMILY
+from pytest_proofpack.engine.guards.edge_statistic import (
+    BREAKDOWN,
+    IMPLICIT_MIN,
+    LANCZOS_STEPS,
+    edge_terms,
+    edge_value,
+)
+from pytest_proofpack.engine.preset import preset_or_default, thresholds_source
 from pytest_proofpack.models.adapters import weight_refs
 
-LANCZOS_STEPS: Final = 24
-#: smallest Gram matrix size that Lanczos applies implicitly instead of forming it (see _lanczos_coefficients)
-IMPLICIT_MIN: Final = 768
-#: a Lanczos step whose new vector's norm is at most this times the largest coefficient so far is a breakdown
-BREAKDOWN: Final = 1e-6
 TARGET_ROLES: Final = ("attn_out", "ffn_down")
 #: role of the input side of an ``ffn_down`` module (the intermediate activation)
 INPUT_ROLE: Final = "ffn_act"
@@ -69,6 +58,7 @@ ESTIMATOR: Final[dict[str, object]] = {
     "padding_rows": 0,
     "batch_combine": "token_weighted_mean",
 }
+RULE: Final = "family violates iff max over its modules of max(0, log(r_now / r_base)) > epsilon_family"
 
 
 @dataclass(frozen=True)
@@ -101,127 +91,42 @@ def activation_targets(model: Any) -> list[Target]:
     return list(seen.values())
 
 
+def activation_records(
+    targets: list[Target], stats: Mapping[str, Mapping[str, float | None]]
+) -> dict[str, dict[str, Any]]:
+    """The baseline's record of every target ``stats`` has: ``{key: {module, side, family, role, layer, r,
+    mean_square}}`` (JSON; :func:`recorded_targets` reads the targets back)."""
+    return {
+        t.key: {
+            "module": t.module, "side": t.side, "family": t.family, "role": t.role, "layer": t.layer, **stats[t.key]
+        }
+        for t in targets
+        if t.key in stats
+    }
+
+
+def recorded_targets(activations: Mapping[str, Mapping[str, Any]]) -> list[Target]:
+    """The targets of a baseline's activation records, in their order (see :func:`activation_records`)."""
+    return [
+        Target(str(a["module"]), str(a["family"]), str(a["role"]), a.get("layer"), str(a["side"]))
+        for a in activations.values()
+    ]
+
+
 @dataclass
-class _Acc:
-    """Per-module terms of each hooked batch: device rows ``[n', mean square, Lanczos coefficients...]`` (turned
+class _BatchTerms:
+    """One target's terms of each hooked batch: device rows ``[n', mean square, Lanczos coefficients...]`` (turned
     into floats once at the end) and the batch's token count ``m``."""
 
     terms: list[Any] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
 
+    def add(self, activation: Any) -> None:
+        import torch
 
-def _lanczos_coefficients(z: Any, implicit: bool | None = None) -> Any:
-    """``[alpha_0 .. alpha_{k-1}, beta_0 .. beta_{k-2}]`` of ``k = min(LANCZOS_STEPS, s)`` Lanczos steps on the
-    smaller Gram matrix of ``z`` (``m x n``, float32, on its device; no host sync): ``G = zᵀ z`` if ``n <= m``, else
-    ``z zᵀ``, of size ``s``; see :func:`top_ritz_value`.
-
-    ``implicit`` (default: ``s >= IMPLICIT_MIN``): ``G`` is not formed; each step applies it as two matrix-vector
-    products (``zᵀ (z v)``) that read ``z`` twice. Forming ``G`` costs ``m n s`` multiply-adds at the matrix unit's
-    rate, the implicit steps ``2 k m n`` at memory speed, so the implicit form wins for large ``s``: on this box
-    (one thread) a 1024 x 1536 activation's statistic took 23.7 ms against 34.8 ms, and a 1024 x 576 one 10.1 ms
-    against 8.1 ms (``bench/rmt_edge_cost.py``). Both compute the same ``T`` up to float32 round-off.
-
-    Each step's new vector is orthogonalised against all earlier ones twice (classical Gram-Schmidt), so the basis stays
-    orthonormal to round-off. A breakdown (the Krylov space is invariant, as for a rank-deficient ``G``: the new
-    vector's norm ``beta`` is at most :data:`BREAKDOWN` times the largest coefficient so far) records ``beta = 0`` and
-    restarts from a fixed seeded random vector orthogonalised (twice) against the basis, so ``T`` stays the compression
-    of ``G`` onto an orthonormal basis, to within the dropped ``beta``. (Normalising the round-off left after the
-    reorthogonalisation instead amplifies its error in the basis's span by ``1 / beta``: on a rank-2 matrix the Ritz
-    value came out 180x too large.)
-    """
-    import torch
-
-    right = z.shape[1] <= z.shape[0]
-    n = int(z.shape[1] if right else z.shape[0])
-    if implicit if implicit is not None else n >= IMPLICIT_MIN:
-        outer, inner = (z.t(), z) if right else (z, z.t())
-
-        def apply(v: Any) -> Any:
-            return torch.mv(outer, torch.mv(inner, v))
-    else:
-        gram = z.t() @ z if right else z @ z.t()
-
-        def apply(v: Any) -> Any:
-            return torch.mv(gram, v)
-    k = min(LANCZOS_STEPS, n)
-    gen = torch.Generator(device="cpu").manual_seed(1234)
-    v = torch.randn(n, generator=gen, dtype=torch.float32).to(z.device)
-    v = v / v.norm()
-    restarts = torch.randn(k, n, generator=gen, dtype=torch.float32).to(z.device)
-    basis = torch.zeros(k, n, dtype=torch.float32, device=z.device)
-    scale = torch.zeros((), dtype=torch.float32, device=z.device)
-    alphas: list[Any] = []
-    betas: list[Any] = []
-    for j in range(k):
-        basis[j] = v
-        w = apply(v)
-        done = basis[: j + 1]
-        h = torch.mv(done, w)  # h[j] = v . G v = alpha_j
-        alphas.append(h[j])
-        if j == k - 1:
-            break
-        w = torch.addmv(w, done.t(), h, alpha=-1.0)
-        w = torch.addmv(w, done.t(), torch.mv(done, w), alpha=-1.0)
-        beta = torch.linalg.vector_norm(w)
-        scale = torch.maximum(scale, torch.maximum(h[j].abs(), beta))
-        broken = beta <= BREAKDOWN * scale  # NaN compares False: a NaN beta propagates
-        fresh = torch.addmv(restarts[j], done.t(), torch.mv(done, restarts[j]), alpha=-1.0)
-        fresh = torch.addmv(fresh, done.t(), torch.mv(done, fresh), alpha=-1.0)
-        fresh = fresh / torch.linalg.vector_norm(fresh).clamp_min(1e-30)
-        betas.append(torch.where(broken, torch.zeros_like(beta), beta))
-        v = torch.where(broken, fresh, w / beta.clamp_min(1e-30))
-    return torch.stack(alphas + betas)
-
-
-def top_ritz_value(coefficients: Any) -> float:
-    """The top eigenvalue of the symmetric tridiagonal matrix with diagonal ``alpha`` and off-diagonal ``beta``
-    (``coefficients`` as :func:`_lanczos_coefficients` packs them, ``2k - 1`` values), in float64."""
-    import numpy as np
-
-    c = np.asarray(coefficients, dtype=np.float64)
-    k = (c.shape[0] + 1) // 2
-    if not np.isfinite(c).all():
-        return math.nan
-    t = np.diag(c[:k])
-    if k > 1:
-        t += np.diag(c[k:], 1) + np.diag(c[k:], -1)
-    return float(np.linalg.eigvalsh(t)[-1])
-
-
-def _edge_terms(x: Any, implicit: bool | None = None) -> tuple[Any, Any, Any, int]:
-    """Device-side terms of one output ``x [..., n]`` (no host sync): ``(Lanczos coefficients of its Gram matrix,
-    n' as a 0-d tensor, mean square as a 0-d tensor, m)``; :func:`edge_value` turns them into ``r``."""
-    import torch
-
-    a = x.reshape(-1, x.shape[-1]).to(torch.float32)
-    m = a.shape[0]
-    # Two passes over the activation and one temporary (each large temporary is a fresh, zero-filled mapping in a
-    # worker): centre, take each feature's population standard deviation from the centred values (two-pass, as
-    # accurate as torch.std), scale in place. The mean square follows from them: E[x^2] = var + mean^2.
-    mean = a.sum(dim=0, keepdim=True) / m
-    z = a - mean
-    std = torch.linalg.vector_norm(z, dim=0, keepdim=True) / math.sqrt(m)
-    ms = (std.double().square() + mean.double().square()).mean()
-    keep = std > 1e-12 * std.max().clamp_min(1e-30)
-    z.mul_(torch.where(keep, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std)))
-    # a non-finite activation makes r non-finite (n' = NaN): its NaN standard deviation would otherwise drop every
-    # feature and report r = 0
-    n_eff = torch.where(ms.isfinite(), keep.sum().double(), torch.full_like(ms, math.nan))
-    return _lanczos_coefficients(z, implicit), n_eff, ms, m
-
-
-def edge_value(coefficients: Any, n_eff: float, m: int) -> float:
-    """``r = sqrt(lambda_max) / (sqrt(m) + sqrt(n'))`` from host values of :func:`_edge_terms`' terms."""
-    lam = top_ritz_value(coefficients)
-    if not math.isfinite(lam) or not math.isfinite(n_eff):
-        return math.nan
-    return math.sqrt(max(lam, 0.0)) / (math.sqrt(m) + math.sqrt(n_eff))
-
-
-def _edge_and_mean_square(x: Any, implicit: bool | None = None) -> tuple[float, float]:
-    """``(r, mean square)`` of one output ``x [..., n]`` (with a host sync: for tests and benchmarks)."""
-    coefficients, n_eff, ms, m = _edge_terms(x, implicit)
-    return edge_value(coefficients.double().cpu().numpy(), float(n_eff), m), float(ms)
+        coefficients, n_eff, ms, m = edge_terms(activation.detach())
+        self.terms.append(torch.cat([torch.stack([n_eff, ms]), coefficients.double()]))
+        self.tokens.append(m)
 
 
 class Capture(NamedTuple):
@@ -248,164 +153,194 @@ def capture(
     import numpy as np
     import torch
 
-    from pytest_proofpack.engine.metric import finite_or_none, token_nll
+    from pytest_proofpack.engine.metric import finite_or_none
 
     modules = dict(model.named_modules())
     live = [t for t in targets if t.module in modules]
-    accs = {t.key: _Acc() for t in live}
+    terms = {t.key: _BatchTerms() for t in live}
+    handles = [_hook(modules[t.module], t, terms[t.key]) for t in live]
+    try:
+        token_losses, window_means = _forward(model, input_ids, batch_size=batch_size, device=device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stats = _token_weighted_stats(terms)
+    nll = torch.cat(token_losses).double().cpu().numpy() if token_losses else np.zeros((0, 0))
+    n_chunks = max(1, math.ceil(nll.shape[1] / chunk)) if nll.size else 1
+    window = finite_or_none(torch.cat(window_means).double().cpu().numpy()) if window_means else []
+    return Capture(stats, chunk_means(nll, n_chunks), window)
 
-    def record(key: str, y: Any) -> None:
-        coefficients, n_eff, ms, m = _edge_terms(y.detach())
-        accs[key].terms.append(torch.cat([torch.stack([n_eff, ms]), coefficients.double()]))
-        accs[key].tokens.append(m)
 
-    def make_hook(key: str) -> Any:
-        def hook(_mod: Any, _inp: Any, out: Any) -> None:
-            record(key, out[0] if isinstance(out, tuple) else out)
+def _hook(module: Any, target: Target, terms: _BatchTerms) -> Any:
+    """Register the hook that records ``target``'s activation into ``terms``; returns its handle."""
+    if target.side == "input":
 
-        return hook
-
-    def make_pre_hook(key: str) -> Any:
         def pre_hook(_mod: Any, args: Any) -> None:
             if args:
-                record(key, args[0])
+                terms.add(args[0])
 
-        return pre_hook
+        return module.register_forward_pre_hook(pre_hook)
 
-    handles = [
-        modules[t.module].register_forward_pre_hook(make_pre_hook(t.key))
-        if t.side == "input"
-        else modules[t.module].register_forward_hook(make_hook(t.key))
-        for t in live
-    ]
+    def hook(_mod: Any, _inp: Any, out: Any) -> None:
+        terms.add(out[0] if isinstance(out, tuple) else out)
+
+    return module.register_forward_hook(hook)
+
+
+def _forward(model: Any, input_ids: Any, *, batch_size: int, device: str) -> tuple[list[Any], list[Any]]:
+    """Each batch's per-position NLL and its windows' mean NLL (``window_losses``' reduction, in the same dtype)."""
+    import torch
+
+    from pytest_proofpack.engine.metric import token_nll
+
     losses: list[Any] = []
     means: list[Any] = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, int(input_ids.shape[0]), batch_size):
-                ids = input_ids[start : start + batch_size].to(device)
-                nll = token_nll(model, ids)
-                losses.append(nll)
-                means.append(nll.mean(dim=1))  # window_losses' reduction, in the same dtype
-    finally:
-        for h in handles:
-            h.remove()
-    names = [n for n in accs if accs[n].tokens]
-    rows = [t for n in names for t in accs[n].terms]
+    with torch.inference_mode():
+        for start in range(0, int(input_ids.shape[0]), batch_size):
+            nll = token_nll(model, input_ids[start : start + batch_size].to(device))
+            losses.append(nll)
+            means.append(nll.mean(dim=1))
+    return losses, means
+
+
+def _token_weighted_stats(terms: Mapping[str, _BatchTerms]) -> dict[str, dict[str, float | None]]:
+    """``{key: {r, mean_square}}``: each target's batches combined by token-weighted mean, after one host transfer
+    of every batch's terms; ``None`` where not finite."""
+    import numpy as np
+    import torch
+
+    names = [name for name in terms if terms[name].tokens]
+    rows = [row for name in names for row in terms[name].terms]
     flat = torch.cat(rows).cpu().numpy() if rows else np.zeros(0)  # the one host transfer
     stats: dict[str, dict[str, float | None]] = {}
     at = 0
-    for n in names:
+    for name in names:
         r_sum = ms_sum = 0.0
-        for row, m in zip(accs[n].terms, accs[n].tokens, strict=True):
-            b = flat[at : at + int(row.shape[0])]
+        for row, m in zip(terms[name].terms, terms[name].tokens, strict=True):
+            values = flat[at : at + int(row.shape[0])]
             at += int(row.shape[0])
-            r_sum += edge_value(b[2:], float(b[0]), m) * m
-            ms_sum += float(b[1]) * m
-        tok = float(sum(accs[n].tokens))
-        r, ms = r_sum / tok, ms_sum / tok
-        stats[n] = {
+            r_sum += edge_value(values[2:], float(values[0]), m) * m
+            ms_sum += float(values[1]) * m
+        tokens = float(sum(terms[name].tokens))
+        r, ms = r_sum / tokens, ms_sum / tokens
+        stats[name] = {
             "r": float(r) if math.isfinite(r) else None,
             "mean_square": float(ms) if math.isfinite(ms) else None,
         }
-    nll_all = torch.cat(losses).double().cpu().numpy() if losses else np.zeros((0, 0))
-    n_chunks = max(1, math.ceil(nll_all.shape[1] / chunk)) if nll_all.size else 1
-    chunk_losses: list[list[float | None]] = []
-    for row in nll_all:
+    return stats
+
+
+def chunk_means(nll: Any, n_chunks: int) -> list[list[float | None]]:
+    """Each row of ``nll`` (per-position losses, float64) as the means of ``n_chunks`` consecutive parts
+    (``numpy.array_split``); ``None`` where not finite. The variance guard chunks its scaled pass the same way."""
+    import numpy as np
+
+    out: list[list[float | None]] = []
+    for row in nll:
         parts = [float(p.mean()) for p in np.array_split(row, n_chunks)]
-        chunk_losses.append([p if math.isfinite(p) else None for p in parts])
-    window = finite_or_none(torch.cat(means).double().cpu().numpy()) if means else []
-    return Capture(stats, chunk_losses, window)
+        out.append([p if math.isfinite(p) else None for p in parts])
+    return out
 
 
 def epsilon_for(preset: Mapping[str, Any], family: str) -> tuple[float, str]:
-    spec = preset.get("rmt", {}) if isinstance(preset, Mapping) else {}
-    table = spec.get("epsilon_by_family", {}) if isinstance(spec, Mapping) else {}
-    entry = table.get(family) if isinstance(table, Mapping) else None
-    if isinstance(entry, Mapping):
-        entry = entry.get("value")
-    if isinstance(entry, int | float) and not isinstance(entry, bool):
-        return float(entry), "preset"
-    return DEFAULT_RMT_EPSILON_BY_FAMILY.get(family, DEFAULT_RMT_EPSILON), "default"
+    """The family's epsilon and its source (``preset`` or ``default``)."""
+    default = DEFAULT_RMT_EPSILON_BY_FAMILY.get(family, DEFAULT_RMT_EPSILON)
+    return preset_or_default(preset, ("rmt", "epsilon_by_family", family), default)
+
+
+@dataclass
+class _Changes:
+    """Each module's change against its baseline value, grouped by family."""
+
+    edge_base: dict[str, float] = field(default_factory=dict)  #: family -> largest baseline r
+    edge_now: dict[str, float] = field(default_factory=dict)  #: family -> largest current r
+    log_ratios: dict[str, list[float]] = field(default_factory=dict)  #: family -> log(r_now / r_base) per module
+    non_finite: dict[str, list[str]] = field(default_factory=dict)  #: family -> modules without a usable ratio
+    rows: list[dict[str, Any]] = field(default_factory=list)  #: one per module with a ratio
+
+    def add(self, module: str, base: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+        family = str(base["family"])
+        r_base, r_now = base.get("r"), now.get("r")
+        if r_base is not None:
+            self.edge_base[family] = max(self.edge_base.get(family, 0.0), float(r_base))
+        if r_now is None or r_base is None or r_base <= 0.0 or r_now <= 0.0:
+            self.non_finite.setdefault(family, []).append(module)
+            return
+        self.edge_now[family] = max(self.edge_now.get(family, 0.0), float(r_now))
+        log_ratio = math.log(float(r_now) / float(r_base))
+        self.log_ratios.setdefault(family, []).append(log_ratio)
+        self.rows.append(
+            {
+                "module": module,
+                "family": family,
+                "edge_base": r_base,
+                "edge_cur": r_now,
+                "log_ratio": log_ratio,
+                "delta": math.expm1(log_ratio),
+            }
+        )
+
+    def violation(self, family: str, epsilon: float, shift: float | None) -> dict[str, Any] | None:
+        """The family's violation of the rule (see the module docstring), or ``None``."""
+        if family in self.non_finite:
+            modules = self.non_finite[family][:10]
+            return {"family": family, "reason": "non_finite", "modules": modules, "epsilon": epsilon, "shift": shift}
+        if shift is None or not shift > epsilon:
+            return None
+        worst = max((r for r in self.rows if r["family"] == family), key=lambda r: float(r["log_ratio"]))
+        return {
+            "family": family,
+            "reason": "shift",
+            "shift": shift,
+            "epsilon": epsilon,
+            "module": worst["module"],
+            "edge_base": worst["edge_base"],
+            "edge_cur": worst["edge_cur"],
+            "delta": math.expm1(shift),
+            "modules_over": sum(1 for v in self.log_ratios[family] if v > epsilon),
+        }
 
 
 def compare(
     base: Mapping[str, Mapping[str, Any]], now: Mapping[str, Mapping[str, Any]], preset: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The report's ``rmt`` section: per-family edge risk (max over modules), one-sided shift, epsilon and
-    violations (see the module docstring for the rule)."""
-    fam_base: dict[str, float] = {}
-    fam_now: dict[str, float] = {}
-    logs: dict[str, list[float]] = {}
-    broken: dict[str, list[str]] = {}
-    rows: list[dict[str, Any]] = []
-    for module, b in base.items():
-        fam = str(b["family"])
-        rb = b.get("r")
-        n = now.get(module)
-        if n is None:
-            continue  # a missing module is a structural change: the invariants guard reports it
-        rn = n.get("r")
-        if rb is not None:
-            fam_base[fam] = max(fam_base.get(fam, 0.0), float(rb))
-        if rn is None or rb is None or rb <= 0.0 or rn <= 0.0:
-            broken.setdefault(fam, []).append(module)
-            continue
-        fam_now[fam] = max(fam_now.get(fam, 0.0), float(rn))
-        lr = math.log(float(rn) / float(rb))
-        logs.setdefault(fam, []).append(lr)
-        rows.append(
-            {"module": module, "family": fam, "edge_base": rb, "edge_cur": rn, "log_ratio": lr, "delta": math.expm1(lr)}
-        )
-    eps: dict[str, float] = {}
+    violations (see the module docstring for the rule). A module missing from ``now`` is skipped: a structural
+    change is the invariants guard's to report."""
+    changes = _Changes()
+    for module, entry in base.items():
+        current = now.get(module)
+        if current is not None:
+            changes.add(module, entry, current)
+    epsilon: dict[str, float] = {}
     shift: dict[str, float | None] = {}
     mean_excess: dict[str, float | None] = {}
     decrease: dict[str, float | None] = {}
     violations: list[dict[str, Any]] = []
     sources: set[str] = set()
-    for fam in sorted(set(logs) | set(broken)):
-        e, src = epsilon_for(preset, fam)
-        eps[fam] = e
-        sources.add(src)
-        vals = logs.get(fam, [])
-        sh = max((max(0.0, v) for v in vals), default=None)
-        shift[fam] = sh
-        mean_excess[fam] = sum(max(0.0, v) for v in vals) / len(vals) if vals else None
-        decrease[fam] = max((max(0.0, -v) for v in vals), default=None)
-        if fam in broken:
-            violations.append(
-                {"family": fam, "reason": "non_finite", "modules": broken[fam][:10], "epsilon": e, "shift": sh}
-            )
-        elif sh is not None and sh > e:
-            worst = max((r for r in rows if r["family"] == fam), key=lambda r: float(r["log_ratio"]))
-            violations.append(
-                {
-                    "family": fam,
-                    "reason": "shift",
-                    "shift": sh,
-                    "epsilon": e,
-                    "module": worst["module"],
-                    "edge_base": worst["edge_base"],
-                    "edge_cur": worst["edge_cur"],
-                    "delta": math.expm1(sh),
-                    "modules_over": sum(1 for v in vals if v > e),
-                }
-            )
-    rows.sort(key=lambda r: -float(r["log_ratio"]))
+    for family in sorted(set(changes.log_ratios) | set(changes.non_finite)):
+        epsilon[family], source = epsilon_for(preset, family)
+        sources.add(source)
+        values = changes.log_ratios.get(family, [])
+        shift[family] = max((max(0.0, v) for v in values), default=None)
+        mean_excess[family] = sum(max(0.0, v) for v in values) / len(values) if values else None
+        decrease[family] = max((max(0.0, -v) for v in values), default=None)
+        violation = changes.violation(family, epsilon[family], shift[family])
+        if violation is not None:
+            violations.append(violation)
+    changes.rows.sort(key=lambda r: -float(r["log_ratio"]))
     return {
         "stable": not violations,
-        "edge_risk_by_family_base": fam_base,
-        "edge_risk_by_family": fam_now,
+        "edge_risk_by_family_base": changes.edge_base,
+        "edge_risk_by_family": changes.edge_now,
         "shift_by_family": shift,
         "mean_excess_by_family": mean_excess,
         "max_decrease_by_family": decrease,
-        "epsilon_by_family": eps,
+        "epsilon_by_family": epsilon,
         "violations": violations,
         "modules_checked": len(base),
-        "top_modules": rows[:10],
-        "rule": "family violates iff max over its modules of max(0, log(r_now / r_base)) > epsilon_family",
+        "top_modules": changes.rows[:10],
+        "rule": RULE,
         "estimator": ESTIMATOR,
-        "thresholds_source": "preset"
-        if sources == {"preset"}
-        else ("default" if sources <= {"default"} else "mixed"),
+        "thresholds_source": thresholds_source(sources),
     }

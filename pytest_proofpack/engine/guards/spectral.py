@@ -2,18 +2,15 @@
 
 Estimator (seeded, deterministic on a given device): exact (``eigvalsh`` of the float64 Gram matrix) when
 ``min(shape) <= EXACT_MAX_DIM``; otherwise fp32 power iteration on ``W^T W`` from a Gaussian start seeded by
-``seed + crc32(matrix key)``, at least ``MIN_ITERS`` iterations, stopping when the relative change of sigma
-drops
+``seed + crc32(matrix key)``, at least ``MIN_ITERS`` iterations, stopping when the relative change of sigma drops
 below ``TOL`` (at most ``MAX_ITERS``). The residual ``||W^T W v - sigma^2 v|| / sigma^2`` is recorded.
 
-Statistic: ``s = |log(sigma_now / sigma_base)|`` per matrix. A matrix is *capped* when ``s`` exceeds its
-family's
+Statistic: ``s = |log(sigma_now / sigma_base)|`` per matrix. A matrix is *capped* when ``s`` exceeds its family's
 threshold (preset ``spectral.family_thresholds``, else
-:data:`~pytest_proofpack.engine.config.DEFAULT_SPECTRAL_THRESHOLD`).
-``spectral_stable = caps_applied <= max_caps`` and no *fatal degeneracy*: a non-finite sigma, or a sigma ratio
-outside ``[1/SPECTRAL_FATAL_RATIO, SPECTRAL_FATAL_RATIO]`` (zeroed, exploded or NaN matrices). Expert slices
-are
-their own family (``expert_ffn``); LLaMA ``mlp.gate_proj`` is ``ffn`` (the adapter's classification).
+:data:`~pytest_proofpack.engine.config.DEFAULT_SPECTRAL_THRESHOLD`). ``spectral_stable = caps_applied <= max_caps``
+and no *fatal degeneracy*: a non-finite sigma, or a sigma ratio outside ``[1/SPECTRAL_FATAL_RATIO,
+SPECTRAL_FATAL_RATIO]`` (zeroed, exploded or NaN matrices). Expert slices are their own family (``expert_ffn``);
+LLaMA ``mlp.gate_proj`` is ``ffn`` (the adapter's classification).
 """
 
 from __future__ import annotations
@@ -21,10 +18,12 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pytest_proofpack.engine.config import DEFAULT_SPECTRAL_THRESHOLD, SPECTRAL_FATAL_RATIO
 from pytest_proofpack.engine.finite import all_finite
+from pytest_proofpack.engine.preset import preset_or_default, thresholds_source
 from pytest_proofpack.models.adapters import matrix, weight_refs
 
 EXACT_MAX_DIM: Final = 512
@@ -52,8 +51,7 @@ def sigma_max(w: Any, seed: int) -> dict[str, Any]:
         if not bool(all_finite(a)):
             return {"sigma": None, "method": "non_finite", "iters": 0, "residual": None, "converged": False}
         if min(a.shape) <= EXACT_MAX_DIM:
-            # exact: top eigenvalue of the smaller float64 Gram matrix (faster and steadier than svdvals on
-            # CPU)
+            # exact: top eigenvalue of the smaller float64 Gram matrix (faster and steadier than svdvals on CPU)
             d = a.double()
             gram = d @ d.t() if d.shape[0] <= d.shape[1] else d.t() @ d
             s = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
@@ -102,8 +100,8 @@ def fingerprint(w: Any) -> str:
     would cost more than the σ estimate) float64 sum, sum of squares and a column-weighted sum.
 
     XXH3 is not cryptographic, but this is a cache key, not a seal: it tells a matrix an edit changed from one it
-    did not, and 128 bits make an accidental collision impossible in practice. It hashes at 11 GB/s here, where
-    blake2b did 1 GB/s: the fingerprints of SmolLM2's 211 matrices (540 MB, every report) took 0.58 s."""
+    did not, and 128 bits make an accidental collision impossible in practice. Every report fingerprints every
+    matrix, so the hash is chosen for speed: XXH3 is many times faster than a cryptographic hash."""
     import torch
     import xxhash
 
@@ -139,14 +137,70 @@ def measure(model: Any, seed: int) -> dict[str, dict[str, Any]]:
 
 def family_threshold(preset: Mapping[str, Any], family: str) -> tuple[float, str]:
     """The family's threshold and its source (``preset`` or ``default``)."""
-    spec = preset.get("spectral", {}) if isinstance(preset, Mapping) else {}
-    table = spec.get("family_thresholds", {}) if isinstance(spec, Mapping) else {}
-    entry = table.get(family) if isinstance(table, Mapping) else None
-    if isinstance(entry, Mapping):
-        entry = entry.get("value")
-    if isinstance(entry, int | float) and not isinstance(entry, bool):
-        return float(entry), "preset"
-    return DEFAULT_SPECTRAL_THRESHOLD, "default"
+    return preset_or_default(preset, ("spectral", "family_thresholds", family), DEFAULT_SPECTRAL_THRESHOLD)
+
+
+def _degeneracy(sigma_base: float | None, sigma_now: float | None) -> str | None:
+    """Why the pair admits no log ratio (``non_finite_sigma``, ``zero_sigma``), or ``None`` when it does."""
+    if sigma_base is None or sigma_now is None or not math.isfinite(sigma_now) or sigma_base <= 0.0:
+        return "non_finite_sigma"
+    if sigma_now <= 0.0:
+        return "zero_sigma"
+    return None
+
+
+@dataclass
+class _Findings:
+    """The comparison so far: per-family tallies, one row per comparable matrix, the fatal degeneracies, the
+    matrices missing from the current measurement and where the thresholds came from."""
+
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    fatal: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+
+    def add(self, key: str, base: Mapping[str, Any], now: Mapping[str, Any] | None, preset: Mapping[str, Any]) -> None:
+        family = str(base["family"])
+        threshold, source = family_threshold(preset, family)
+        self.sources.add(source)
+        tally = self.families.setdefault(
+            family, {"count": 0, "max_abs_log_ratio": 0.0, "threshold": threshold, "violations": 0}
+        )
+        tally["count"] += 1
+        if now is None:
+            self.missing.append(key)  # structure is the invariants guard's business; nothing to compare here
+            return
+        sigma_base: Any = base.get("sigma")
+        sigma_now: Any = now.get("sigma")
+        reason = _degeneracy(sigma_base, sigma_now)
+        if reason is not None:
+            self._fatal(key, family, reason, sigma_base, sigma_now)
+            tally["violations"] += 1
+            return
+        log_ratio = math.log(sigma_now / sigma_base)
+        stat = abs(log_ratio)
+        tally["max_abs_log_ratio"] = max(tally["max_abs_log_ratio"], stat)
+        self.rows.append(
+            {
+                "module": key,
+                "family": family,
+                "sigma_base": sigma_base,
+                "sigma_now": sigma_now,
+                "log_ratio": log_ratio,
+                "threshold": threshold,
+                "capped": stat > threshold,
+            }
+        )
+        if stat > threshold:
+            tally["violations"] += 1
+        if stat > math.log(SPECTRAL_FATAL_RATIO):
+            self._fatal(key, family, "sigma_ratio_out_of_range", sigma_base, sigma_now)
+
+    def _fatal(self, key: str, family: str, reason: str, sigma_base: float | None, sigma_now: float | None) -> None:
+        self.fatal.append(
+            {"module": key, "family": family, "reason": reason, "sigma_base": sigma_base, "sigma_now": sigma_now}
+        )
 
 
 def compare(
@@ -156,91 +210,29 @@ def compare(
     max_caps: int,
 ) -> dict[str, Any]:
     """The report's ``spectral`` section from baseline and current measurements."""
-    families: dict[str, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
-    fatal: list[dict[str, Any]] = []
-    missing: list[str] = []
-    sources: set[str] = set()
-    for key, b in base.items():
-        fam = str(b["family"])
-        thr, src = family_threshold(preset, fam)
-        sources.add(src)
-        f = families.setdefault(
-            fam, {"count": 0, "max_abs_log_ratio": 0.0, "threshold": thr, "violations": 0}
-        )
-        f["count"] += 1
-        n = now.get(key)
-        sb = b.get("sigma")
-        sn = n.get("sigma") if n is not None else None
-        if n is None:
-            missing.append(key)  # structure is the invariants guard's business; nothing to compare here
-            continue
-        if sb is None or sn is None or not math.isfinite(sn) or sb <= 0.0:
-            fatal.append(
-                {
-                    "module": key,
-                    "family": fam,
-                    "reason": "non_finite_sigma",
-                    "sigma_base": sb,
-                    "sigma_now": sn,
-                }
-            )
-            f["violations"] += 1
-            continue
-        if sn <= 0.0:
-            fatal.append(
-                {"module": key, "family": fam, "reason": "zero_sigma", "sigma_base": sb, "sigma_now": sn}
-            )
-            f["violations"] += 1
-            continue
-        lr = math.log(sn / sb)
-        stat = abs(lr)
-        f["max_abs_log_ratio"] = max(f["max_abs_log_ratio"], stat)
-        row = {
-            "module": key,
-            "family": fam,
-            "sigma_base": sb,
-            "sigma_now": sn,
-            "log_ratio": lr,
-            "threshold": thr,
-            "capped": stat > thr,
-        }
-        rows.append(row)
-        if stat > thr:
-            f["violations"] += 1
-        if stat > math.log(SPECTRAL_FATAL_RATIO):
-            fatal.append(
-                {
-                    "module": key,
-                    "family": fam,
-                    "reason": "sigma_ratio_out_of_range",
-                    "sigma_base": sb,
-                    "sigma_now": sn,
-                }
-            )
-    caps = sum(1 for r in rows if r["capped"]) + sum(
-        1 for x in fatal if x["reason"] != "sigma_ratio_out_of_range"
+    found = _Findings()
+    for key, entry in base.items():
+        found.add(key, entry, now.get(key), preset)
+    caps = sum(1 for r in found.rows if r["capped"]) + sum(
+        1 for x in found.fatal if x["reason"] != "sigma_ratio_out_of_range"
     )
-    rows.sort(key=lambda r: -abs(r["log_ratio"]))
-    stable = caps <= max_caps and not fatal
+    found.rows.sort(key=lambda r: -abs(r["log_ratio"]))
     return {
         "caps_applied": caps,
         "max_caps": max_caps,
         "caps_exceeded": caps > max_caps,
-        "stable": stable,
+        "stable": caps <= max_caps and not found.fatal,
         "statistic": "abs(log(sigma_now / sigma_base)) per matrix vs its own baseline",
         "modules_checked": len(base),
-        "families": families,
-        "fatal": fatal[:50],
-        "fatal_count": len(fatal),
-        "missing_modules": missing[:50],
-        "top_modules": rows[:10],
+        "families": found.families,
+        "fatal": found.fatal[:50],
+        "fatal_count": len(found.fatal),
+        "missing_modules": found.missing[:50],
+        "top_modules": found.rows[:10],
         "estimator": ESTIMATOR,
         "max_residual": max(
             (float(v["residual"]) for v in now.values() if v.get("residual") is not None), default=0.0
         ),
         "unconverged": sum(1 for v in now.values() if not v.get("converged", True)),
-        "thresholds_source": "preset"
-        if sources == {"preset"}
-        else ("default" if sources <= {"default"} else "mixed"),
+        "thresholds_source": thresholds_source(found.sources),
     }
