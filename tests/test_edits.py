@@ -497,9 +497,17 @@ def test_clean_sentinel_and_resolution() -> None:
 
 def test_scope_matching_nothing_is_an_error() -> None:
     model = tiny_llama(layers=2)
-    with pytest.raises(SpecError, match=r"matches no weight matrix.*layers 0-1"):
+    with pytest.raises(SpecError, match=r"names layer 7, but LlamaForCausalLM has 2 blocks \(layers 0-1\)"):
         apply_edit(model, parse_edit_spec("lowrank_svd:4:ffn@layer=7"))
     assert parse_scope("ALL@Layer=3") == Scope("all", (3, 3))
+
+
+def test_a_layer_range_past_the_last_block_is_an_error_not_a_clip() -> None:
+    model = tiny_llama(layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SpecError, match=r"scope 'ffn@layers=1-5' names layer 5, but .* has 3 blocks"):
+        apply_edit(model, parse_edit_spec("magnitude_prune:0.5:ffn@layers=1-5"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_registry_extension_and_typos() -> None:

@@ -237,12 +237,22 @@ def _require_resolved(spec: EditSpec) -> None:
 
 
 def _refs_in_scope(model: nn.Module, spec: EditSpec) -> list[WeightRef]:
-    """The weight matrices of ``model`` in ``spec``'s scope; :class:`SpecError` when there is none."""
+    """The weight matrices of ``model`` in ``spec``'s scope.
+
+    :class:`SpecError` when there is none, and when the scope's layer range reaches past the model's last block:
+    a range that does not fit the model is a mistake to report, never a range to clip silently.
+    """
+    n_layers = len(find_blocks(model)[1])
+    where = f"edit spec '{spec}': scope '{spec.scope}'"
+    if spec.scope.layers is not None and spec.scope.layers[1] >= n_layers:
+        raise SpecError(
+            f"{where} names layer {spec.scope.layers[1]}, but {type(model).__name__} has {n_layers} blocks "
+            f"(layers 0-{n_layers - 1}); fix the scope's layers for this model"
+        )
     refs = [r for r in weight_refs(model) if scope_matches(spec.scope, r)]
     if not refs:
-        n_layers = len(find_blocks(model)[1])
         raise SpecError(
-            f"edit spec '{spec}': scope '{spec.scope}' matches no weight matrix of {type(model).__name__} "
+            f"{where} matches no weight matrix of {type(model).__name__} "
             f"({n_layers} blocks, layers 0-{n_layers - 1}); fix the scope's layer or base"
         )
     return refs
