@@ -2,8 +2,9 @@
 
 * ``rmt_norm_noise``: mode ``INVARLOCK_RMT_PROBE_MODE`` = ``anisotropy`` (default; ``norm_noise`` when only
   ``INVARLOCK_RMT_NORM_NOISE_SCALE`` is set) blends a fraction of a matrix's rows toward its first selected
-  row; ``norm_noise`` multiplies norm weights by ``clamp(1 + N(0, scale), 1 ± clamp)``; ``row_scale`` scales
-  rows.
+  row; ``norm_noise`` multiplies norms' scales by ``clamp(1 + N(0, scale), 1 ± clamp)`` (the weight ``w``, or
+  ``1 + w`` for a Gemma-style norm: see :func:`~pytest_proofpack.models.adapters.norm_weight_offset`);
+  ``row_scale`` scales rows.
 * ``spectral_moderate_scale``: whole matrices × ``INVARLOCK_SPECTRAL_SCALE_FACTOR`` (or paired up×f /
   down×1/f).
 * ``ve_mlp_scale_skew``: MLP out-projections × ``INVARLOCK_VE_SCALE_FACTOR``.
@@ -28,7 +29,14 @@ from pytest_proofpack.faults.targets import (
     target_layers,
 )
 from pytest_proofpack.faults.types import FaultContext, FaultOutcome
-from pytest_proofpack.models.adapters import WeightRef, layer_index, matrix, norm_modules
+from pytest_proofpack.models.adapters import (
+    WeightRef,
+    block_layer,
+    find_blocks,
+    matrix,
+    norm_modules,
+    norm_weight_offset,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -182,21 +190,27 @@ def _norm_noise(model: nn.Module, ctx: FaultContext) -> FaultOutcome:
     seed = _seed(env, NORM + "SEED", ctx.seed)
     include_global = env.flag(NORM + "INCLUDE_GLOBAL", False)
     clamp = env.number(NORM + "MULT_CLAMP", 0.5, lo=0.0, hi=1.0, lo_open=True)
+    block_path, _ = find_blocks(model)
     norms = [(n, m) for n, m in norm_modules(model) if isinstance(getattr(m, "weight", None), torch.Tensor)]
-    in_blocks = [(n, m) for n, m in norms if layer_index(n) is not None]
+    in_blocks = [(n, m) for n, m in norms if block_layer(n, block_path) is not None]
     require(in_blocks, ctx.error_type, "normalisation module inside the blocks")  # type: ignore[arg-type]
-    layers = target_layers(env, NORM + "TARGET_LAYERS", [layer_index(n) or 0 for n, _ in in_blocks], 4)
-    chosen = [(n, m) for n, m in in_blocks if layer_index(n) in set(layers)]
+    layers = target_layers(env, NORM + "TARGET_LAYERS", [block_layer(n, block_path) or 0 for n, _ in in_blocks], 4)
+    chosen = [(n, m) for n, m in in_blocks if block_layer(n, block_path) in set(layers)]
     if include_global:
-        chosen += [(n, m) for n, m in norms if layer_index(n) is None]
+        chosen += [(n, m) for n, m in norms if block_layer(n, block_path) is None]
     random.Random(seed).shuffle(chosen)
     gen = generator(seed, torch.device("cpu"))
     modified: list[str] = []
     for name, module in chosen[:max_modules]:
         weight: torch.Tensor = module.weight  # type: ignore[assignment]
         mult = (1.0 + torch.randn(weight.shape, generator=gen) * scale).clamp(1.0 - clamp, 1.0 + clamp)
+        offset = norm_weight_offset(model, name)
         ctx.change.save_tensor(weight.data)
-        weight.data.mul_(mult.to(device=weight.device, dtype=weight.dtype))
+        if offset:  # x̂ · (1 + w): scale 1 + w, as a zero-initialised w times anything stays zero
+            scaled = (weight.data.float() + offset) * mult.to(weight.device) - offset
+            weight.data.copy_(scaled.to(weight.dtype))
+        else:
+            weight.data.mul_(mult.to(device=weight.device, dtype=weight.dtype))
         modified.append(name)
     params = {
         "noise_scale": scale,
