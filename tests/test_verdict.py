@@ -525,3 +525,17 @@ def test_clopper_pearson_upper_bound_matches_closed_forms() -> None:
     # x = 1, n = 20: P(X <= 1; p) = 0.025 at the bound (scipy.stats.beta.ppf(0.975, 2, 19) = 0.2487...)
     p = clopper_pearson_upper(1, 20)
     assert abs((1 - p) ** 20 + 20 * p * (1 - p) ** 19 - 0.025) < 1e-9
+
+
+def test_a_degraded_ratio_is_marked_with_the_windows_it_covers() -> None:
+    from pytest_proofpack.verdict import render_matrix
+
+    cell = {"outcome": "pass", "ratio": 933.8, "guards": ["primary_metric"], "caps": 0, "degraded": True,
+            "windows_covered": 4, "windows_total": 16}
+    full = dict(cell, degraded=False, ratio=1.02)
+    verdict = {"detection_matrix": {"models": ["m"], "scenarios": [{"id": "bitflip"}, {"id": "clean"}],
+                                    "cells": {"m": {"bitflip": cell, "clean": full}}}}
+    lines = render_matrix(verdict)
+    assert "bitflip   P 933.800~4/16w [m]" in lines[2]
+    assert lines[3].startswith("clean") and "~" not in lines[3]
+    assert any("a degraded ratio" in line for line in lines)

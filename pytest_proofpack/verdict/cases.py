@@ -129,6 +129,8 @@ def judged_record(scenario: Mapping[str, Any], result: RunResult, report: Mappin
         "signaled": judgement.signaled,
         "ratio": judgement.ratio,
         "ci": [judgement.ci_lo, judgement.ci_hi],
+        **_windows_covered(report),
+        "edit_spec": _applied_spec(report),
         "path": path,
     }
     record.update(_probe_summary(report))
@@ -136,6 +138,22 @@ def judged_record(scenario: Mapping[str, Any], result: RunResult, report: Mappin
     if isinstance(repeats, Mapping):
         record["determinism_repeats"] = dict(repeats)
     return record
+
+
+def _windows_covered(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the ratio is degraded, and how many of the final windows it covers (finite on both sides)."""
+    pm = report.get("primary_metric")
+    pm = pm if isinstance(pm, Mapping) else {}
+    total = pm.get("n_windows")
+    bad = pm.get("non_finite_windows")
+    covered = total - min(int(bad), total) if isinstance(total, int) and isinstance(bad, int) else None
+    return {"degraded": bool(pm.get("degraded")), "windows_total": total, "windows_covered": covered}
+
+
+def _applied_spec(report: Mapping[str, Any]) -> str | None:
+    """The edit as applied (the tuned setting of a clean scenario, not its id's name), when the report says."""
+    edit = report.get("edit")
+    return str(edit["spec"]) if isinstance(edit, Mapping) and edit.get("spec") else None
 
 
 def _missing_reason(result: RunResult | None) -> str:

@@ -49,9 +49,19 @@ def _cell(
         "runs_ok": sum(1 for r in recs if r["ok"]),
         "guards": fired,
         "ratio": max(ratios) if ratios else None,
+        **_worst_coverage(recs),
+        "edit_specs": sorted({str(r["edit_spec"]) for r in recs if r.get("edit_spec")}),
         "caps": max((r["spectral_caps_applied"] for r in recs), default=0),
         "invariants_status": next((r["invariants_status"] for r in recs if r["invariants_status"]), None),
     }
+
+
+def _worst_coverage(recs: Sequence[JudgedRecord]) -> dict[str, Any]:
+    """``degraded`` when any run's ratio is degraded, with the fewest final windows a run's ratio covered."""
+    covered = [(r.get("windows_covered"), r.get("windows_total")) for r in recs if r.get("windows_covered") is not None]
+    fewest = min(covered, key=lambda c: c[0]) if covered else (None, None)
+    return {"degraded": any(r.get("degraded") for r in recs), "windows_covered": fewest[0],
+            "windows_total": fewest[1]}
 
 
 def detection_matrix(

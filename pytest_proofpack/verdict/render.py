@@ -25,6 +25,8 @@ def _cell_text(cell: Mapping[str, Any] | None) -> str:
     mark = _MARKS.get(str(cell.get("outcome")), "?")
     ratio = cell.get("ratio")
     key = (f"{ratio:.3f}" if ratio < 1000 else f"{ratio:.3g}") if isinstance(ratio, float) else "-"
+    if cell.get("degraded") and isinstance(ratio, float):
+        key += f"~{cell.get('windows_covered')}/{cell.get('windows_total')}w"
     fired = set(cell.get("guards") or ())
     letters = "".join(letter for guard, letter in _GUARD_LETTERS if guard in fired)
     key += f" [{letters or '-'}]"
@@ -37,7 +39,8 @@ def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
     """The detection matrix as terminal lines: one row per scenario, one column per model. Each cell is a
     mark (P as expected, F wrong, M missing, S informational signal, . quiet), the worst ratio, the guards that
     fired on any run (``[i s r v m]``: invariants, spectral, RMT, variance, primary metric; ``[-]`` none) and
-    ``c<N>``, the most spectral caps of a run."""
+    ``c<N>``, the most spectral caps of a run. A degraded ratio is followed by ``~k/nw``: it is the mean over
+    only the ``k`` of ``n`` final windows whose loss stayed finite."""
     matrix = verdict.get("detection_matrix") or {}
     models = [str(m) for m in matrix.get("models", [])]
     scenarios = [str(s["id"]) for s in matrix.get("scenarios", [])]
@@ -54,6 +57,7 @@ def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
         row += [_cell_text(cells.get(m, {}).get(s)).ljust(w) for m, w in zip(models, widths, strict=True)]
         lines.append("  ".join(row).rstrip())
     lines.append("P as expected  F wrong  M missing  S signal  . quiet  (number: worst ratio, cN: spectral caps)")
+    lines.append("~k/nw: a degraded ratio, the mean over the k of n final windows whose loss stayed finite")
     lines.append("guards fired: i invariants  s spectral  r RMT  v variance  m primary metric  - none")
     return lines
 
