@@ -57,10 +57,15 @@ def apply_change(case: Case, runtime: ModelRuntime) -> Any:
         return apply_edit(runtime.model, runtime.tuning.concrete(spec), seed=seed)
     from pytest_proofpack.faults import apply_fault
 
+    from pytest_proofpack.faults.relative import resolve_relative
+
     gen = case.scenario.generation
     merged = {**(gen.get("env") or {}), **((gen.get("env_by_model") or {}).get(case.model.key) or {})}
-    env = {str(k): str(v) for k, v in merged.items()}
-    return apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed)
+    env, relative = resolve_relative({str(k): str(v) for k, v in merged.items()}, runtime.preset)
+    change = apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed)
+    if relative:
+        change.metadata["relative_env"] = relative
+    return change
 
 
 def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -79,12 +80,23 @@ def family_refs(
     return out
 
 
-def target_layers(env: EnvReader, key: str, available: Sequence[int], default_last: int) -> list[int]:
-    """Layers from ``env[key]`` (``a-b,c``) intersected with ``available``, else the last ``default_last``.
+_RELATIVE_LAYERS: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s*-\s*(\d+(?:\.\d+)?)%\s*$")
 
+
+def target_layers(env: EnvReader, key: str, available: Sequence[int], default_last: int) -> list[int]:
+    """Layers from ``env[key]`` intersected with ``available``, else the last ``default_last``.
+
+    ``env[key]`` is absolute (``a-b,c``: inclusive ranges of block indices) or relative to the model's depth
+    (``P%-Q%``: the available layers whose position ``i / n`` lies in ``[P, Q]`` percent, at least the one
+    nearest ``P``), so one scenario targets the same part of a 12-layer and of an 80-layer model.
     Raises :class:`SpecError` when ``env[key]`` names no available layer.
     """
     avail = sorted(set(available))
+    relative = _RELATIVE_LAYERS.match(env.raw(key) or "")
+    if relative and avail:
+        lo, hi = float(relative.group(1)) / 100, float(relative.group(2)) / 100
+        inside = [layer for i, layer in enumerate(avail) if lo <= i / len(avail) <= hi]
+        return inside or [avail[min(len(avail) - 1, int(lo * len(avail)))]]
     wanted = env.layers(key)
     if wanted is None:
         return avail[-default_last:] if default_last > 0 else avail
