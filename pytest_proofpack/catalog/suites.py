@@ -102,11 +102,15 @@ def _datasets(path: Path, datasets: object, assets: Mapping[str, AssetRef]) -> M
 
 
 def _model(path: Path, key: object, raw: object, assets: Mapping[str, AssetRef]) -> ModelEntry:
-    """One ``models`` entry; a relative ``path`` means "next to the suites file", like a dataset's path."""
+    """One ``models`` entry; a relative ``path`` means "next to the suites file", like a dataset's path.
+
+    ``hub_id`` is required for a hub model; a local or GGUF model without one is named ``local/<key>``.
+    """
     where = f"$.models.{key}"
     if not isinstance(raw, Mapping):
         raise error_at(path, where, "must be an object")
-    if not isinstance(raw.get("hub_id"), str):
+    hub_id = raw.get("hub_id", None if raw.get("source", "hub") == "hub" else f"local/{key}")
+    if not isinstance(hub_id, str):
         raise error_at(path, f"{where}.hub_id", "missing; the Hugging Face id, e.g. mistralai/Mistral-7B-v0.1")
     params_b = raw.get("params_b")
     if not isinstance(params_b, int | float) or isinstance(params_b, bool) or params_b <= 0:
@@ -119,7 +123,7 @@ def _model(path: Path, key: object, raw: object, assets: Mapping[str, AssetRef])
     if model_path and not Path(model_path).expanduser().is_absolute():
         model_path = str(path.resolve().parent / model_path)
     return ModelEntry(
-        key=str(key), hub_id=raw["hub_id"], params_b=float(params_b), family=str(raw.get("family", "")),
+        key=str(key), hub_id=hub_id, params_b=float(params_b), family=str(raw.get("family", "")),
         revision=str(raw.get("revision") or ""), source=source, path=model_path,
         asset=str(raw.get("asset", "")), gguf_file=str(raw.get("gguf_file", "")),
         trust_remote_code=bool(raw.get("trust_remote_code", False)), dtype=str(raw.get("dtype", "")),
