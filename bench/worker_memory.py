@@ -204,6 +204,7 @@ def build_runtime(suite_name: str, cache: Path, run_dir: Path) -> tuple[Any, lis
     """The worker's ``ModelRuntime`` for the suite's only model, with the plugin's default options."""
     from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.options import _SPECS, Options
+    from pytest_proofpack.registries import default_registries
     from pytest_proofpack.runtime import ModelRuntime, RunContext
 
     values = {spec.name.replace("-", "_"): spec.default for spec in _SPECS}
@@ -215,7 +216,8 @@ def build_runtime(suite_name: str, cache: Path, run_dir: Path) -> tuple[Any, lis
     keys = {c.model.key for c in cases}
     if len(keys) != 1:
         raise SystemExit(f"--suite {suite_name}: has models {sorted(keys)}; this script measures a one-model suite")
-    ctx = RunContext(options, catalog, suite, run_dir, cache, {}, "bench", dict(catalog.datasets[suite.dataset]))
+    ctx = RunContext(options, catalog, suite, run_dir, cache, {}, "bench", dict(catalog.datasets[suite.dataset]),
+                     registries=default_registries())
     return ModelRuntime(ctx, cases[0].model), cases
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from pytest_proofpack.edits.registry import EditRegistry
 
 #: Benign edits when no clean kind is tuned for the model: one per calibration run, cycling.
 FALLBACK_SPECS: Final = ("quant_rtn:6:32:all", "fp8_quant:e4m3:ffn", "magnitude_prune:0.05:ffn")
@@ -23,12 +26,15 @@ class BenignPlan:
     """The benign edit specs of every calibration run; callable as ``plan(model, index)`` like any benign edit.
 
     ``rungs_by_kind`` maps a kind to its ``[weaker, tuned, stronger]`` specs (fewer at a ladder's end). Run ``r``
-    evaluates :attr:`per_run` edits, the flat index ``r * per_run + j`` naming edit ``j`` of run ``r``.
+    evaluates :attr:`per_run` edits, the flat index ``r * per_run + j`` naming edit ``j`` of run ``r``. The specs
+    resolve in ``registry`` (default: the module-level edit registry).
     """
 
-    def __init__(self, rungs_by_kind: Mapping[str, Sequence[str]], tuned_by_kind: Mapping[str, str]) -> None:
+    def __init__(self, rungs_by_kind: Mapping[str, Sequence[str]], tuned_by_kind: Mapping[str, str],
+                 registry: EditRegistry | None = None) -> None:
         self._rungs = {kind: list(specs) for kind, specs in sorted(rungs_by_kind.items()) if specs}
         self._tuned = dict(tuned_by_kind)
+        self._registry = registry
         self.per_run = max(1, len(self._rungs))
 
     def spec(self, index: int) -> str:
@@ -51,12 +57,15 @@ class BenignPlan:
         from pytest_proofpack.edits.apply import apply_edit
         from pytest_proofpack.edits.spec import parse_edit_spec
 
-        change: AbstractContextManager[Any] = apply_edit(model, parse_edit_spec(self.spec(index)), seed=index)
+        spec = parse_edit_spec(self.spec(index), registry=self._registry)
+        change: AbstractContextManager[Any] = apply_edit(model, spec, seed=index, registry=self._registry)
         return change
 
 
-def plan_from_tuned(model: Any, tuned: Mapping[str, Mapping[str, Any]]) -> BenignPlan:
-    """The plan for ``model`` from its tuned entries (``{kind: entry}``); skipped entries are left out."""
+def plan_from_tuned(model: Any, tuned: Mapping[str, Mapping[str, Any]],
+                    registry: EditRegistry | None = None) -> BenignPlan:
+    """The plan for ``model`` from its tuned entries (``{kind: entry}``), its edits resolved in ``registry``
+    (default: the module-level edit registry); skipped entries are left out."""
     from pytest_proofpack.tuning import CLEAN_KINDS, neighbours
 
     rungs: dict[str, list[str]] = {}
@@ -65,6 +74,6 @@ def plan_from_tuned(model: Any, tuned: Mapping[str, Mapping[str, Any]]) -> Benig
         if kind not in CLEAN_KINDS or entry.get("status", "selected") != "selected":
             continue
         ladder_part, at = neighbours(kind, model, entry)
-        rungs[kind] = [str(r.spec(kind)) for r in ladder_part]
+        rungs[kind] = [str(r.spec(kind, registry)) for r in ladder_part]
         chosen[kind] = rungs[kind][at]
-    return BenignPlan(rungs, chosen)
+    return BenignPlan(rungs, chosen, registry)

@@ -14,13 +14,14 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_proofpack.catalog import Case
+    from pytest_proofpack.engine.report import EvaluationResult
     from pytest_proofpack.runtime import ModelRuntime
 
 OOM_RETRIES = 3
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_proofpack_evaluate(case: Case, runtime: ModelRuntime, change: dict[str, Any] | None) -> Any:
+def pytest_proofpack_evaluate(case: Case, runtime: ModelRuntime, change: dict[str, Any] | None) -> EvaluationResult:
     import pytest_proofpack.engine.evaluate as engine_evaluate  # looked up at call time (tests patch it)
     from pytest_proofpack.execute import probes_for
     from pytest_proofpack.oom import is_oom, release_memory

@@ -41,27 +41,30 @@ def probes_for(case: Case) -> list[str]:
 
 
 def apply_change(case: Case, runtime: ModelRuntime) -> Any:
-    """Apply the scenario's edit or fault to ``runtime.model`` in place; returns the reversible change."""
+    """Apply the scenario's edit or fault to ``runtime.model`` in place, resolved in the run's registries; returns
+    the reversible change."""
     seed = runtime.ctx.options.seed + case.run
+    registries = runtime.ctx.registries
     if case.scenario.kind == "edit":
         from pytest_proofpack.edits import apply_edit, parse_edit_spec
 
         assert case.edit_spec is not None
-        spec = parse_edit_spec(case.edit_spec)
+        spec = parse_edit_spec(case.edit_spec, registry=registries.edits)
         if spec.clean:  # the catalog has no tuned entry for this model: the tuner's measured one applies
             entry = runtime.tuning.entry(spec.kind)
             if entry.get("status") == "skipped":
                 import pytest
 
                 pytest.skip(f"tuning: {entry.get('reason')}")
-        return apply_edit(runtime.model, runtime.tuning.concrete(spec), seed=seed)
+        return apply_edit(runtime.model, runtime.tuning.concrete(spec), seed=seed, registry=registries.edits)
     from pytest_proofpack.faults import apply_fault
     from pytest_proofpack.faults.relative import resolve_relative
 
     gen = case.scenario.generation
     merged = {**(gen.get("env") or {}), **((gen.get("env_by_model") or {}).get(case.model.key) or {})}
     env, relative = resolve_relative({str(k): str(v) for k, v in merged.items()}, runtime.preset)
-    change = apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed)
+    change = apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed,
+                         registry=registries.faults)
     if relative:
         change.metadata["relative_env"] = relative
     return change

@@ -50,11 +50,6 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_proofpack.session import ProofpackSession
 
     config.pluginmanager.register(engine_plugin, "proofpack-engine")
-    from pytest_proofpack.edits.registry import default_edit_registry
-    from pytest_proofpack.faults.builtin import default_fault_registry
-
-    config.hook.pytest_proofpack_register_edits.call_historic(kwargs={"registry": default_edit_registry})
-    config.hook.pytest_proofpack_register_faults.call_historic(kwargs={"registry": default_fault_registry})
     session = ProofpackSession.from_config(config)
     config.pluginmanager.register(session, ProofpackSession.PLUGIN_NAME)
 

@@ -42,12 +42,14 @@ if TYPE_CHECKING:
     from pytest_proofpack.models import ModelEntry
     from pytest_proofpack.models.loading import LoadedModel
     from pytest_proofpack.options import Options
+    from pytest_proofpack.registries import Registries
     from pytest_proofpack.tuned import ModelTuning
 
 
 @dataclass
 class RunContext:
-    """Everything a worker needs that does not depend on the model: options, catalog, suite, paths, digests."""
+    """Everything a worker needs that does not depend on the model: options, catalog, suite, paths, digests, and
+    the registries (the session's own) that every edit, fault and corpus provider name resolves in."""
 
     options: Options
     catalog: Catalog
@@ -59,6 +61,7 @@ class RunContext:
     dataset: Mapping[str, Any]
     worker_id: str = "master"
     timings: dict[str, float] = field(default_factory=dict)
+    registries: Registries = field(kw_only=True)
 
     def eval_settings(self, entry: ModelEntry) -> dict[str, int]:
         merged = {"seq_len": 256, "n_preview": 4, "n_final": 16, "batch_size": 8, "bootstrap_replicates": 1000}
@@ -164,10 +167,11 @@ class ModelRuntime:
         if self._tokens is None:
             from pytest_proofpack.data import DatasetSpec, load_text, tokenize_corpus
 
-            spec = DatasetSpec.from_mapping(self.ctx.dataset, "dataset")
+            providers = self.ctx.registries.providers
+            spec = DatasetSpec.from_mapping(self.ctx.dataset, "dataset", providers)
             corpus = load_text(spec, cache=self.ctx.cache, assets=self.ctx.catalog.assets,
                                suite=self.ctx.suite.name, allow_net=self.ctx.options.net,
-                               base_dir=self.ctx.catalog.paths["suites"].parent, isolate=True)
+                               base_dir=self.ctx.catalog.paths["suites"].parent, isolate=True, providers=providers)
             self.corpus_desc = corpus.source_desc
             self.corpus_digest = corpus.digest
             self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache, isolate=True)
@@ -288,7 +292,7 @@ class ModelRuntime:
         """Calibration's benign edits: this model's tuned clean settings and their ladder neighbours."""
         from pytest_proofpack.benign import plan_from_tuned
 
-        return plan_from_tuned(self.model, self.tuning.entries())
+        return plan_from_tuned(self.model, self.tuning.entries(), self.ctx.registries.edits)
 
     @functools.cached_property
     def tuning(self) -> ModelTuning:

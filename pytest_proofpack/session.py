@@ -25,6 +25,7 @@ from pytest_proofpack.deadline import scenario_timeout
 from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.nodeid import TEST_NAME, CaseId, parse_nodeid
 from pytest_proofpack.options import Options, read_options
+from pytest_proofpack.registries import Registries, session_registries
 from pytest_proofpack.results import (
     Record,
     ResultStore,
@@ -70,9 +71,10 @@ class ProofpackSession:
 
     PLUGIN_NAME: ClassVar[str] = "proofpack-session"
 
-    def __init__(self, config: pytest.Config, options: Options) -> None:
+    def __init__(self, config: pytest.Config, options: Options, registries: Registries) -> None:
         self.config = config
         self.options = options
+        self.registries = registries  # this session's edits, faults and corpus providers, filled through hooks
         self.is_worker = hasattr(config, "workerinput")
         self.catalog: Catalog | None = None
         self.cases: list[Case] = []
@@ -87,9 +89,10 @@ class ProofpackSession:
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
     def from_config(cls, config: pytest.Config) -> ProofpackSession:
+        registries = session_registries(config.hook)  # a hook's error propagates as it is, not as a usage error
         try:
             options = read_options(config)
-            self = cls(config, options)
+            self = cls(config, options, registries)
             if options.suite:
                 self._load_suite()
         except ProofpackError as exc:
@@ -108,7 +111,7 @@ class ProofpackSession:
 
         o = self.options
         assert o.suite is not None
-        catalog = load_catalog(o.scenarios, o.suites, o.tuned_params)
+        catalog = load_catalog(o.scenarios, o.suites, o.tuned_params, registries=self.registries)
         suite = catalog.suite(o.suite)
         shard = parse_shard(o.shard) if o.shard else None
         self.cases = catalog.expand(o.suite, models=o.models or None, clean_runs=o.clean_runs,
@@ -130,7 +133,8 @@ class ProofpackSession:
         run_dir = (o.out or Path("proof_pack_runs") / suite.name).resolve()
         self.catalog = catalog
         worker = os.environ.get("PYTEST_XDIST_WORKER", "master")
-        self.ctx = RunContext(o, catalog, suite, run_dir, o.cache_root(), config, digest, dataset, worker)
+        self.ctx = RunContext(o, catalog, suite, run_dir, o.cache_root(), config, digest, dataset, worker,
+                              registries=self.registries)
         self.store = ResultStore(run_dir, digest)
         self.catalog = catalog
         self.config.args = [*([] if self.config.args_source != pytest.Config.ArgsSource.ARGS

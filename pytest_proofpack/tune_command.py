@@ -61,13 +61,14 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def _tune_model(args: argparse.Namespace, catalog: Any, suite: Any, entry: Any, run_dir: Path) -> dict[str, Any]:
     from pytest_proofpack.options import default_options
+    from pytest_proofpack.registries import default_registries
     from pytest_proofpack.runtime import ModelRuntime, RunContext
     from pytest_proofpack.tuned import ModelTuning
 
     options = default_options(suite=suite.name, cache=args.cache, out=run_dir, tier=args.tier, device=args.device,
                               dtype=args.dtype, seed=args.seed)
     ctx = RunContext(options, catalog, suite, run_dir, options.cache_root(), {}, "tune",
-                     dict(catalog.datasets[suite.dataset]))
+                     dict(catalog.datasets[suite.dataset]), registries=default_registries())
     runtime = ModelRuntime(ctx, entry)
     try:
         print(f"proofpack tune: {entry.key}: tuning {', '.join(ModelTuning(runtime).clean_scopes())} "

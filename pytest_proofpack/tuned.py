@@ -25,12 +25,14 @@ if TYPE_CHECKING:
     from pytest_proofpack.models import ModelEntry
     from pytest_proofpack.models.loading import LoadedModel
     from pytest_proofpack.options import Options
+    from pytest_proofpack.registries import Registries
 
 TUNING_SCHEMA = "proofpack_tuning_v1"
 
 
 class RunSettings(Protocol):
-    """What tuning reads of the run: the catalog, the suite, the options and where to write and cache."""
+    """What tuning reads of the run: the catalog, the suite, the options, where to write and cache, and the
+    registries its edits resolve in."""
 
     @property
     def catalog(self) -> Catalog: ...
@@ -42,6 +44,8 @@ class RunSettings(Protocol):
     def run_dir(self) -> Path: ...
     @property
     def cache(self) -> Path: ...
+    @property
+    def registries(self) -> Registries: ...
 
 
 class TuningHost(Protocol):
@@ -106,7 +110,9 @@ class ModelTuning:
         """``spec`` with a clean sentinel resolved from this model's entry; a non-clean spec as it is."""
         from pytest_proofpack.edits.spec import resolve_clean
 
-        return resolve_clean(spec, self.entry(spec.kind)) if spec.clean else spec
+        if not spec.clean:
+            return spec
+        return resolve_clean(spec, self.entry(spec.kind), registry=self.runtime.ctx.registries.edits)
 
     def measured(self) -> dict[str, dict[str, Any]]:
         """The tuner's entries for :meth:`untuned_kinds`, measured once across workers and published."""
@@ -135,7 +141,7 @@ class ModelTuning:
         from pytest_proofpack.tuning import tune_kind
 
         runtime, windows, scopes = self.runtime, self.windows(), self.clean_scopes()
-        cfg = runtime.engine
+        cfg, edits = runtime.engine, runtime.ctx.registries.edits
         directory = runtime.ctx.cache / "tuning" / self.digest()
         directory.mkdir(parents=True, exist_ok=True)
         base = load_or_compute(directory / "baseline.json", lambda: {
@@ -143,7 +149,8 @@ class ModelTuning:
         assert base is not None, "a blocking load_or_compute returns or raises"
 
         def tune(i: int) -> dict[str, Any]:
-            return tune_kind(runtime.model, kinds[i], windows, base["losses"], cfg, base_scope=scopes[kinds[i]])
+            return tune_kind(runtime.model, kinds[i], windows, base["losses"], cfg, base_scope=scopes[kinds[i]],
+                             registry=edits)
 
         return shared_parts(directory, len(kinds), tune)
 

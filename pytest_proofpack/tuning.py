@@ -32,6 +32,7 @@ from pytest_proofpack.engine.metric import window_losses
 
 if TYPE_CHECKING:
     from pytest_proofpack.data.windows import WindowSet
+    from pytest_proofpack.edits.registry import EditRegistry
 
 #: Fraction of the tier's ratio budget (limit - 1) that a clean edit may use, on the interval's upper bound.
 BUDGET_SHARE: Final = 0.5
@@ -66,8 +67,10 @@ class Rung:
     params: Mapping[str, Any]
     scope: str
 
-    def spec(self, kind: str) -> EditSpec:
-        return parse_edit_spec(":".join([kind, *(str(v) for v in self.params.values()), self.scope]))
+    def spec(self, kind: str, registry: EditRegistry | None = None) -> EditSpec:
+        """This rung as an edit of ``kind``, parsed in ``registry`` (default: the module-level edit registry)."""
+        return parse_edit_spec(":".join([kind, *(str(v) for v in self.params.values()), self.scope]),
+                               registry=registry)
 
 
 def middle_block(model: Any) -> int:
@@ -118,12 +121,13 @@ def start_index(kind: str, rungs: Sequence[Rung]) -> int:
 
 def rung_evidence(
     model: Any, kind: str, rung: Rung, windows: WindowSet, base_losses: Sequence[float | None],
-    cfg: EngineConfig,
+    cfg: EngineConfig, registry: EditRegistry | None = None,
 ) -> dict[str, Any]:
-    """Apply ``rung``, measure the paired ratio on ``windows`` against ``base_losses``, restore the model."""
+    """Apply ``rung`` (an edit of ``registry``, default the module-level one), measure the paired ratio on
+    ``windows`` against ``base_losses``, restore the model."""
     from pytest_proofpack.edits.apply import apply_edit
 
-    with apply_edit(model, rung.spec(kind), seed=cfg.seed) as change:
+    with apply_edit(model, rung.spec(kind, registry), seed=cfg.seed, registry=registry) as change:
         losses = window_losses(model, windows, batch_size=cfg.batch_size, device=cfg.device)
         changed = float(change.metadata.get("changed_fraction", 0.0))
     pairs = [(s, b) for s, b in zip(losses, base_losses, strict=True) if s is not None and b is not None]
@@ -169,12 +173,13 @@ def walk(rungs: Sequence[Rung], start: int, measure: Measure) -> tuple[int | Non
 
 def tune_kind(
     model: Any, kind: str, windows: WindowSet, base_losses: Sequence[float | None], cfg: EngineConfig,
-    *, base_scope: str = "ffn",
+    *, base_scope: str = "ffn", registry: EditRegistry | None = None,
 ) -> dict[str, Any]:
-    """The ``tuned_edit_params`` entry of ``kind`` for ``model``, with its evidence (see the module docstring)."""
+    """The ``tuned_edit_params`` entry of ``kind`` for ``model``, with its evidence (see the module docstring).
+    ``registry`` resolves the edit kind (default: the module-level edit registry)."""
     rungs = ladder(kind, model, base_scope)
     best, seen = walk(rungs, start_index(kind, rungs),
-                      lambda rung: rung_evidence(model, kind, rung, windows, base_losses, cfg))
+                      lambda rung: rung_evidence(model, kind, rung, windows, base_losses, cfg, registry))
     evidence = {"rule": TUNING_RULE, "budget_upper_limit": budget_limit(cfg), "tier": cfg.tier,
                 "windows_digest": windows.digest, "n_windows": len(windows), "rungs": seen}
     if best is None:

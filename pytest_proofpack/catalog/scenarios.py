@@ -14,6 +14,7 @@ from typing import Any, Final
 from pytest_proofpack.catalog.entries import Scenario
 from pytest_proofpack.catalog.files import check_schema, error_at, one_of, read_document
 from pytest_proofpack.detectors import validate_detector
+from pytest_proofpack.edits.registry import EditRegistry
 from pytest_proofpack.edits.spec import parse_edit_spec
 from pytest_proofpack.errors import CatalogError, ProofpackError
 
@@ -28,17 +29,17 @@ _REQUIREMENT_FIELDS: Final = ("catastrophic_required", "primary_guard_required",
                               "detectors_all_of")
 
 
-def load_scenarios(path: Path) -> tuple[Scenario, ...]:
-    """The scenarios of ``path``, in file order; ids are unique."""
+def load_scenarios(path: Path, *, edits: EditRegistry) -> tuple[Scenario, ...]:
+    """The scenarios of ``path``, in file order; ids are unique, edit specs name kinds of ``edits``."""
     doc = check_schema(path, read_document(path), SCENARIOS_SCHEMA)
     items = doc.get("scenarios")
     if not isinstance(items, list) or not items:
         raise error_at(path, "$.scenarios", "must be a non-empty list of scenario objects")
     seen: set[str] = set()
-    return tuple(_scenario(path, i, raw, seen) for i, raw in enumerate(items))
+    return tuple(_scenario(path, i, raw, seen, edits) for i, raw in enumerate(items))
 
 
-def _scenario(path: Path, index: int, raw: object, seen: set[str]) -> Scenario:
+def _scenario(path: Path, index: int, raw: object, seen: set[str], edits: EditRegistry) -> Scenario:
     """The ``index``-th entry as a :class:`Scenario`; adds its id to ``seen`` (ids already there are duplicates)."""
     where = f"$.scenarios[{index}]"
     if not isinstance(raw, Mapping):
@@ -54,7 +55,7 @@ def _scenario(path: Path, index: int, raw: object, seen: set[str]) -> Scenario:
     strictness = one_of(path, f"{where}.strictness", raw.get("strictness"), STRICTNESS)
     intent = one_of(path, f"{where}.intent", raw.get("intent"), INTENTS)
     guard = one_of(path, f"{where}.primary_guard", raw.get("primary_guard"), PRIMARY_GUARDS)
-    generation = _check_generation(path, f"{where}.generation", raw.get("generation"), category)
+    generation = _check_generation(path, f"{where}.generation", raw.get("generation"), category, edits)
     requirements = raw.get("requirements", {})
     if not isinstance(requirements, Mapping):
         raise error_at(path, f"{where}.requirements", "must be an object")
@@ -66,26 +67,27 @@ def _scenario(path: Path, index: int, raw: object, seen: set[str]) -> Scenario:
                     requirements, tuple(suites), raw)
 
 
-def _check_generation(path: Path, where: str, generation: object, category: str) -> Mapping[str, Any]:
+def _check_generation(path: Path, where: str, generation: object, category: str,
+                      edits: EditRegistry) -> Mapping[str, Any]:
     """``generation`` when it is an edit (for a clean or stress scenario) or a fault (for an error injection)."""
     if not isinstance(generation, Mapping):
         raise error_at(path, where, "must be an object {kind: edit, edit_spec, version} or {kind: error, error_type}")
     kind = one_of(path, f"{where}.kind", generation.get("kind"), ("edit", "error"))
     if kind == "edit":
-        _check_edit(path, where, generation, category)
+        _check_edit(path, where, generation, category, edits)
     else:
         _check_fault(path, where, generation, category)
     return generation
 
 
-def _check_edit(path: Path, where: str, generation: Mapping[str, Any], category: str) -> None:
+def _check_edit(path: Path, where: str, generation: Mapping[str, Any], category: str, edits: EditRegistry) -> None:
     if category == "error_injection":
         raise error_at(path, f"{where}.kind", "an error_injection scenario needs kind 'error'")
     spec = generation.get("edit_spec")
     if not isinstance(spec, str):
         raise error_at(path, f"{where}.edit_spec", "missing; e.g. quant_rtn:4:32:ffn or quant_rtn:clean:ffn")
     try:
-        parse_edit_spec(spec)
+        parse_edit_spec(spec, registry=edits)
     except ProofpackError as exc:
         raise error_at(path, f"{where}.edit_spec", str(exc)) from None
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from pytest_proofpack.catalog.entries import Suite
 from pytest_proofpack.catalog.files import check_schema, error_at, one_of, read_document
-from pytest_proofpack.data.registry import DatasetSpec
+from pytest_proofpack.data.registry import DatasetSpec, ProviderRegistry
 from pytest_proofpack.models import AssetRef, ModelEntry, SourceKind
 from pytest_proofpack.suggest import did_you_mean
 
@@ -40,11 +40,12 @@ class SuitesFile:
     suites: dict[str, Suite]
 
 
-def load_suites(path: Path, scenario_suites: set[str]) -> SuitesFile:
-    """Read and check ``path``; a suite's ``scenario_suite`` must be one of ``scenario_suites`` (when any)."""
+def load_suites(path: Path, scenario_suites: set[str], *, providers: ProviderRegistry) -> SuitesFile:
+    """Read and check ``path``; a suite's ``scenario_suite`` must be one of ``scenario_suites`` (when any), a
+    dataset's provider one of ``providers``."""
     doc = check_schema(path, read_document(path), SUITES_SCHEMA)
     assets = {name: _asset(path, name, raw) for name, raw in (doc.get("assets") or {}).items()}
-    datasets = _datasets(path, doc.get("datasets") or {}, assets)
+    datasets = _datasets(path, doc.get("datasets") or {}, assets, providers)
     models = {str(key): _model(path, key, raw, assets) for key, raw in (doc.get("models") or {}).items()}
     raw_suites = doc.get("suites")
     if not isinstance(raw_suites, Mapping) or not raw_suites:
@@ -87,14 +88,16 @@ def _asset_parts(path: Path, where: str, raw: Mapping[str, Any]) -> tuple[str, .
     return tuple(parts)
 
 
-def _datasets(path: Path, datasets: object, assets: Mapping[str, AssetRef]) -> Mapping[str, Mapping[str, Any]]:
-    """The ``datasets`` section: each entry a valid :class:`DatasetSpec` whose asset, if any, is declared."""
+def _datasets(path: Path, datasets: object, assets: Mapping[str, AssetRef],
+              providers: ProviderRegistry) -> Mapping[str, Mapping[str, Any]]:
+    """The ``datasets`` section: each entry a valid :class:`DatasetSpec` of ``providers`` whose asset, if any, is
+    declared."""
     if not isinstance(datasets, Mapping):
         raise error_at(path, "$.datasets", "must be an object of name: {provider: ...}")
     for name, raw in datasets.items():
         if not isinstance(raw, Mapping) or not isinstance(raw.get("provider"), str):
             raise error_at(path, f"$.datasets.{name}", "must be an object with a provider")
-        DatasetSpec.from_mapping(raw, f"{path.name}: $.datasets.{name}")
+        DatasetSpec.from_mapping(raw, f"{path.name}: $.datasets.{name}", providers)
         if raw.get("asset") and raw["asset"] not in assets:
             raise error_at(path, f"$.datasets.{name}.asset",
                            f"unknown asset {raw['asset']!r}; accepted: {', '.join(assets)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_proofpack.catalog.files import error_at, one_of, read_document
+from pytest_proofpack.edits.registry import EditRegistry
 from pytest_proofpack.edits.spec import parse_edit_spec, parse_scope
 from pytest_proofpack.errors import ProofpackError
 
@@ -29,8 +30,9 @@ TUNED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 """The entry fields of each edit type, in the order of the edit spec's parameters."""
 
 
-def load_tuned(path: Path) -> Mapping[str, Any]:
-    """The document of ``path`` (``_meta``, ``models``, ``defaults``), checked."""
+def load_tuned(path: Path, *, edits: EditRegistry) -> Mapping[str, Any]:
+    """The document of ``path`` (``_meta``, ``models``, ``defaults``), checked; a selected entry must give a valid
+    edit of ``edits``."""
     doc = read_document(path)
     if not isinstance(doc, Mapping):
         raise error_at(path, "$", "top level must be an object with _meta.schema: tuned_edit_params_v1")
@@ -46,22 +48,22 @@ def load_tuned(path: Path) -> Mapping[str, Any]:
         if not isinstance(block, Mapping):
             raise error_at(path, f"$.{section}", "must be an object")
         groups = block.items() if section == "models" else [("", block)]
-        for model_key, edits in groups:
-            _check_edits(path, f"$.{section}" + (f".{model_key}" if model_key else ""), edits)
+        for model_key, model_edits in groups:
+            _check_model_edits(path, f"$.{section}" + (f".{model_key}" if model_key else ""), model_edits, edits)
     return doc
 
 
-def _check_edits(path: Path, where: str, edits: object) -> None:
+def _check_model_edits(path: Path, where: str, model_edits: object, edits: EditRegistry) -> None:
     """One model's (or the defaults') entries, by edit type."""
-    if not isinstance(edits, Mapping):
+    if not isinstance(model_edits, Mapping):
         raise error_at(path, where, "must be an object of edit type: entry")
-    for edit_type, entry in edits.items():
+    for edit_type, entry in model_edits.items():
         entry_where = f"{where}.{edit_type}"
         one_of(path, entry_where, edit_type, EDIT_TYPES)
-        _check_entry(path, entry_where, edit_type, entry)
+        _check_entry(path, entry_where, edit_type, entry, edits)
 
 
-def _check_entry(path: Path, where: str, edit_type: str, entry: object) -> None:
+def _check_entry(path: Path, where: str, edit_type: str, entry: object, edits: EditRegistry) -> None:
     """``status: skipped``, or ``status: selected`` with the edit's fields and a scope that make a valid edit."""
     if not isinstance(entry, Mapping):
         raise error_at(path, where, "must be an object with status and the edit's parameters")
@@ -79,6 +81,6 @@ def _check_entry(path: Path, where: str, edit_type: str, entry: object) -> None:
         raise error_at(path, f"{where}.scope", str(exc)) from None
     values = [str(entry[field]) for field in TUNED_FIELDS[edit_type]]
     try:
-        parse_edit_spec(":".join([edit_type, *values, scope]))
+        parse_edit_spec(":".join([edit_type, *values, scope]), registry=edits)
     except ProofpackError as exc:
         raise error_at(path, where, f"gives an invalid edit: {exc}") from None

@@ -1,7 +1,8 @@
 """Evaluation text: corpus providers, the corpus and token caches, and evaluation windows.
 
 * :mod:`.spec`: what a provider is given (:class:`DatasetFields`, :class:`LoadContext`);
-* :mod:`.registry`: the provider registry (:data:`PROVIDERS`, :func:`register_provider`) and :class:`DatasetSpec`;
+* :mod:`.registry`: the provider registry (:class:`ProviderRegistry`; the module-level :data:`PROVIDERS` and
+  :func:`register_provider` for code outside a session) and :class:`DatasetSpec`;
 * :mod:`.builtin_providers`: wikitext2, hf_text, local_text, local_jsonl, shakespeare, pydoc;
 * :mod:`.corpus`: :func:`load_text` -> :class:`CorpusText`, with the documents cache and the child-process load;
 * :mod:`.tokenization`: :func:`tokenize_corpus` and :func:`tokenizer_fingerprint`, with the token cache;

@@ -1,8 +1,9 @@
 """Loading a corpus: the provider's documents, cached on disk when the provider can name them, optionally read
 in a child interpreter.
 
-:func:`load_text` resolves the spec's provider from :data:`~pytest_proofpack.data.registry.PROVIDERS` and
-returns a :class:`CorpusText`: the documents, their digest and a human-readable origin.
+:func:`load_text` resolves the spec's provider in the registry it is given (a session's own; outside a session
+:data:`~pytest_proofpack.data.registry.PROVIDERS`) and returns a :class:`CorpusText`: the documents, their digest
+and a human-readable origin.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from pytest_proofpack.data.child_process import run_child
-from pytest_proofpack.data.registry import DatasetSpec, Provider, get_provider
+from pytest_proofpack.data.registry import DatasetSpec, Provider, ProviderRegistry, get_provider
 from pytest_proofpack.data.spec import LoadContext
 from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.models import AssetRef
@@ -71,8 +72,11 @@ def load_text(
     allow_net: bool = False,
     base_dir: Path | None = None,
     isolate: bool = False,
+    providers: ProviderRegistry | None = None,
 ) -> CorpusText:
-    """Load the corpus ``spec`` names. ``base_dir`` resolves relative ``path`` values (default: the cwd).
+    """Load the corpus ``spec`` names, with its provider from ``providers`` (default:
+    :data:`~pytest_proofpack.data.registry.PROVIDERS`). ``base_dir`` resolves relative ``path`` values (default:
+    the cwd).
 
     When the provider can name its content (``source_key``), the documents are kept under
     ``<cache>/corpora/docs-<key hash>.json`` (atomic write, one loader at a time under a FileLock) and a later load
@@ -87,7 +91,7 @@ def load_text(
     Raises :class:`CatalogError` (unknown provider), :class:`MissingAssetError` (not cached and no network, or
     asset not fetched) or :class:`ProofpackError` (no files, bad column, empty corpus).
     """
-    provider = get_provider(spec.provider)
+    provider = providers.resolve(spec.provider) if providers is not None else get_provider(spec.provider)
     ctx = LoadContext(cache=cache, assets=assets, suite=suite, allow_net=allow_net, base_dir=base_dir)
     key = provider.source_key(spec, ctx) if provider.source_key is not None else None
     if key is None:
@@ -150,7 +154,8 @@ def _load_documents(provider: Provider, spec: DatasetSpec, ctx: LoadContext, iso
 
 def _load_job() -> None:
     """Entry point of the child of :func:`_load_in_child`: ``argv[1]`` is a pickle of ``(out path, spec, ctx)``;
-    writes ``{"documents", "source_desc"}`` as JSON to the out path."""
+    writes ``{"documents", "source_desc"}`` as JSON to the out path. Only a built-in provider loads in a child,
+    so the child's module-level registry has it."""
     with open(sys.argv[1], "rb") as fh:
         out, spec, ctx = pickle.load(fh)  # our own file, written just before
     docs, desc = get_provider(spec.provider).load(spec, ctx)

@@ -1,10 +1,12 @@
 """The corpus provider registry: the providers a suite may name, and the validated dataset spec that names one.
 
 A suite's ``datasets`` entry becomes a :class:`DatasetSpec` (``provider`` plus provider-specific fields); it is
-checked against :data:`PROVIDERS` when the suite file is read, so a typo fails at collection rather than after a
-model has loaded. :data:`PROVIDERS` starts with the built-in providers of
-:mod:`~pytest_proofpack.data.builtin_providers`; a conftest or a plugin adds its own with
-:func:`register_provider`. Unknown names are answered with "did you mean".
+checked against a :class:`ProviderRegistry` when the suite file is read, so a typo fails at collection rather than
+after a model has loaded. Unknown names are answered with "did you mean".
+
+A pytest session checks against its own registry (built by :func:`builtin_provider_registry`, filled through the
+``pytest_proofpack_register_corpus_providers`` hook; see :mod:`pytest_proofpack.registries`). Code outside a
+session uses :data:`PROVIDERS`, the built-ins, and adds its own with :func:`register_provider`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "DatasetSpec",
     "Provider",
     "ProviderRegistry",
+    "builtin_provider_registry",
     "get_provider",
     "register_provider",
 ]
@@ -39,27 +42,29 @@ class DatasetSpec(DatasetFields):
     """Which text a suite evaluates on, checked against the registered providers (see :class:`DatasetFields`)."""
 
     @classmethod
-    def from_mapping(cls, d: Mapping[str, Any], where: str) -> DatasetSpec:
-        """Build from a suite file mapping; ``where`` (file + JSON path) prefixes every one-line error.
+    def from_mapping(cls, d: Mapping[str, Any], where: str, providers: ProviderRegistry | None = None) -> DatasetSpec:
+        """Build from a suite file mapping, checked against ``providers`` (default: :data:`PROVIDERS`); ``where``
+        (file + JSON path) prefixes every one-line error.
 
         Raises :class:`CatalogError` for unknown keys, non-string values, an unknown provider or a field the
         provider requires but is empty.
         """
         if not isinstance(d, Mapping):
             raise CatalogError(f"{where}: expected a mapping with `provider`, got {type(d).__name__}")
+        registry = providers if providers is not None else PROVIDERS
         values = _string_fields(d, [f.name for f in fields(cls)], where)
         provider = values.get("provider", "").strip()
-        accepted = ", ".join(sorted(PROVIDERS))
+        accepted = ", ".join(sorted(registry))
         if not provider:
             raise CatalogError(f"{where}.provider: required; one of {accepted}")
-        if provider not in PROVIDERS:
+        if provider not in registry:
             raise CatalogError(
-                f"{where}.provider: unknown provider {provider!r}{_hint(provider, sorted(PROVIDERS))} "
+                f"{where}.provider: unknown provider {provider!r}{_hint(provider, sorted(registry))} "
                 f"(accepted: {accepted})"
             )
         values["provider"] = provider
         spec = cls(**values)
-        for required in PROVIDERS[provider].requires:
+        for required in registry[provider].requires:
             if not getattr(spec, required):
                 raise CatalogError(f"{where}.{required}: required by provider {provider!r}")
         return spec
@@ -153,7 +158,8 @@ class ProviderRegistry(MutableMapping[str, Provider]):
             ) from None
 
 
-def _builtin_registry() -> ProviderRegistry:
+def builtin_provider_registry() -> ProviderRegistry:
+    """A new registry holding the built-in providers of :mod:`~pytest_proofpack.data.builtin_providers`."""
     registry = ProviderRegistry()
     registry.register("wikitext2", builtin.load_wikitext2, help="wikitext-2-raw-v1 via datasets (split default: test)")
     registry.register("hf_text", builtin.load_hf_text, requires=("name",),
@@ -170,8 +176,9 @@ def _builtin_registry() -> ProviderRegistry:
     return registry
 
 
-PROVIDERS: ProviderRegistry = _builtin_registry()
-"""The providers :func:`~pytest_proofpack.data.corpus.load_text` and :meth:`DatasetSpec.from_mapping` consult."""
+PROVIDERS: ProviderRegistry = builtin_provider_registry()
+"""The providers :func:`~pytest_proofpack.data.corpus.load_text` and :meth:`DatasetSpec.from_mapping` consult when
+given no registry: the built-ins, for code outside a pytest session."""
 
 
 def register_provider(
@@ -182,7 +189,8 @@ def register_provider(
     help: str = "",
     source_key: SourceKeyFn | None = None,
 ) -> None:
-    """Add (or replace) a provider under ``name`` in :data:`PROVIDERS` (see :class:`Provider`)."""
+    """Add (or replace) a provider under ``name`` in :data:`PROVIDERS` (see :class:`Provider`), for code outside a
+    pytest session (a plugin or a conftest registers through ``pytest_proofpack_register_corpus_providers``)."""
     PROVIDERS.register(name, load, requires=requires, help=help, source_key=source_key)
 
 

@@ -5,7 +5,7 @@ An edit function takes one fp32 ``[out, in]`` matrix (a private copy it may not 
 for restore and bookkeeping. ``stats`` may hold ``skipped: True`` (matrix left alone) and numeric counters
 that are summed (``zeros``, ``saturated``) or averaged (``energy_retained``) into the change's metadata.
 
-Plugins extend it through the ``pytest_proofpack_register_edits(registry)`` hook by calling
+Plugins extend a session's registry through the ``pytest_proofpack_register_edits(registry)`` hook by calling
 ``registry.register(...)``. Importing this module does not import torch: edit functions import it when called.
 """
 
@@ -132,7 +132,8 @@ def _parse_rank(args: Sequence[str]) -> Params:
     return (("rank", _int_in("rank", args[0], 1, None)),)
 
 
-def _builtin_registry() -> EditRegistry:
+def builtin_edit_registry() -> EditRegistry:
+    """A new registry holding the four built-in edit kinds."""
     reg = EditRegistry()
     reg.register(
         "quant_rtn",
@@ -148,8 +149,9 @@ def _builtin_registry() -> EditRegistry:
     return reg
 
 
-default_edit_registry: EditRegistry = _builtin_registry()
-"""The registry :func:`parse_edit_spec` and :func:`apply_edit` use unless given another."""
+default_edit_registry: EditRegistry = builtin_edit_registry()
+"""The registry :func:`parse_edit_spec` and :func:`apply_edit` use unless given another: the built-ins, for code
+outside a pytest session (a session resolves edits in its own :class:`~pytest_proofpack.registries.Registries`)."""
 
 
 def register_edit(
@@ -162,7 +164,8 @@ def register_edit(
     replace: bool = False,
     thread_safe: bool = False,
 ) -> EditKind:
-    """Register an edit kind in the default registry (used by the register-edits hook)."""
+    """Register an edit kind in :data:`default_edit_registry`, for code outside a pytest session (a plugin or a
+    conftest registers through the ``pytest_proofpack_register_edits`` hook instead)."""
     return default_edit_registry.register(
         name, parser, fn, param_names=param_names, tuned_fields=tuned_fields, replace=replace, thread_safe=thread_safe
     )

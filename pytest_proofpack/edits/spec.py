@@ -4,8 +4,9 @@
 Pure Python (no torch): the catalog parses every scenario's ``edit_spec`` at collection time.
 
 * ``quant_rtn:<bits>:<group>:<scope>``, ``fp8_quant:<fmt>:<scope>``, ``magnitude_prune:<sparsity>:<scope>``,
-  ``lowrank_svd:<rank>:<scope>``, plus any kind registered through
-  :func:`~pytest_proofpack.edits.registry.register_edit`.
+  ``lowrank_svd:<rank>:<scope>``, plus any kind registered in the registry a spec is parsed with (a session's,
+  filled by the ``pytest_proofpack_register_edits`` hook; outside a session the module-level one that
+  :func:`~pytest_proofpack.edits.registry.register_edit` extends).
 * ``clean`` as the first parameter is the tuned sentinel (``quant_rtn:clean:ffn``): the parameters come from
   the model's ``tuned_edit_params`` entry through :func:`resolve_clean`.
 * Scopes select block weights only (never embeddings or the LM head): ``ffn`` = dense FFN + MoE experts

@@ -1,4 +1,4 @@
-"""The built-in fault families and the default fault registry that holds them.
+"""The built-in fault families, and the module-level fault registry that holds them for code outside a session.
 
 Each family module (numeric, structural, weights, probes) registers its faults through its own ``register``;
 this module sits above them and the registry, so neither has to import the other.
@@ -22,7 +22,9 @@ def builtin_fault_registry() -> FaultRegistry:
 
 
 default_fault_registry: FaultRegistry = builtin_fault_registry()
-"""The registry :func:`~pytest_proofpack.faults.apply.apply_fault` uses unless given another."""
+"""The registry :func:`~pytest_proofpack.faults.apply.apply_fault` uses unless given another: the built-ins, for
+code outside a pytest session (a session resolves faults in its own
+:class:`~pytest_proofpack.registries.Registries`)."""
 
 
 def register_fault(
@@ -34,7 +36,8 @@ def register_fault(
     description: str = "",
     replace: bool = False,
 ) -> FaultKind:
-    """Register a fault in the default registry (what the ``pytest_proofpack_register_faults`` hook calls)."""
+    """Register a fault in :data:`default_fault_registry`, for code outside a pytest session (a plugin or a conftest
+    registers through the ``pytest_proofpack_register_faults`` hook instead)."""
     return default_fault_registry.register(
         name, fn, env_prefixes=env_prefixes, env_keys=env_keys, description=description, replace=replace
     )

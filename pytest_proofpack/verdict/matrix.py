@@ -58,8 +58,9 @@ def _cell(
 
 def _worst_coverage(recs: Sequence[JudgedRecord]) -> dict[str, Any]:
     """``degraded`` when any run's ratio is degraded, with the fewest final windows a run's ratio covered."""
-    covered = [(r.get("windows_covered"), r.get("windows_total")) for r in recs if r.get("windows_covered") is not None]
-    fewest = min(covered, key=lambda c: c[0]) if covered else (None, None)
+    covered = [(int(r["windows_covered"]), r.get("windows_total")) for r in recs
+               if isinstance(r.get("windows_covered"), int)]
+    fewest: tuple[int | None, Any] = min(covered, key=lambda c: c[0]) if covered else (None, None)
     return {"degraded": any(r.get("degraded") for r in recs), "windows_covered": fewest[0],
             "windows_total": fewest[1]}
 
