@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import pytest
 
 from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION, __version__
+from pytest_proofpack.calibrate_only import calibrate_only_message
 from pytest_proofpack.deadline import scenario_timeout
 from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.nodeid import TEST_NAME, CaseId, parse_nodeid
@@ -59,7 +60,7 @@ def auto_num_workers(config: pytest.Config) -> int | None:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
     from pytest_proofpack.scheduling.gpus import detect_inventory
-    from pytest_proofpack.scheduling.xdist import auto_num_workers as _auto
+    from pytest_proofpack.scheduling.worker_env import auto_num_workers as _auto
 
     gb = config.getoption("proofpack_gpu_memory", default=None)
     return _auto(config, detect_inventory(float(gb) if gb else None))
@@ -147,7 +148,7 @@ class ProofpackSession:
         """Controller only: the GPU-aware xdist scheduler and per-worker device pinning (no-ops without -n)."""
         from pytest_proofpack.scheduling.gpus import detect_inventory
         from pytest_proofpack.scheduling.plan import PlanSettings
-        from pytest_proofpack.scheduling.xdist import SchedulingPlugin
+        from pytest_proofpack.scheduling.xdist_plugin import SchedulingPlugin
 
         assert self.ctx is not None
         ev = self.ctx.suite.eval
@@ -259,7 +260,7 @@ class ProofpackSession:
                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReservedLauncher]:
         """The subprocess handle of a reserved model on its leader worker; ended when the worker moves on."""
         from pytest_proofpack.scheduling.launch import ReservedLauncher
-        from pytest_proofpack.scheduling.xdist import RESERVATIONS_FILE
+        from pytest_proofpack.scheduling.reservations import RESERVATIONS_FILE
 
         basetemp = tmp_path_factory.getbasetemp()
         launcher = ReservedLauncher(self.config, proofpack_model_key, basetemp / f"launch-{proofpack_model_key}",
@@ -287,7 +288,7 @@ class ProofpackSession:
         if not self.is_worker or self.ctx is None:
             return None
         worker = self.ctx.worker_id
-        from pytest_proofpack.scheduling.launch import leader_reservation
+        from pytest_proofpack.scheduling.reservations import leader_reservation
 
         factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
         found = leader_reservation(factory.getbasetemp(), worker, case.model.key)
@@ -432,12 +433,6 @@ class ProofpackSession:
         tr.write_line(f"results: {self.ctx.run_dir / 'results' / 'final_verdict.json'}")
         if self.pack_path:
             tr.write_line(f"proof pack: {self.pack_path}  (check it: proofpack verify {self.pack_path} --strict)")
-
-
-def calibrate_only_message(runtime: ModelRuntime) -> str:
-    """``--proofpack-calibrate-only``: calibrate (or load) the model's preset; the reason its items skip."""
-    preset = runtime.preset
-    return f"--proofpack-calibrate-only: preset written to {runtime.preset_path()} ({len(preset)} keys)"
 
 
 def environment() -> dict[str, Any]:
