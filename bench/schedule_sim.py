@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytest_proofpack.models import ModelEntry
 from pytest_proofpack.scheduling.gpus import FakeInventory
 from pytest_proofpack.scheduling.plan import PlanSettings, plan_model
-from pytest_proofpack.scheduling.xdist import ProofpackScheduling
+from pytest_proofpack.scheduling.scheduler import ProofpackScheduling
 
 ITEM_S_PER_B = 5.0
 SETUP_S_PER_B = 40.0

@@ -58,7 +58,7 @@ PIN_CONFTEST = """
 import pytest
 from pytest_proofpack.scheduling.gpus import detect_inventory
 from pytest_proofpack.scheduling.plan import PlanSettings
-from pytest_proofpack.scheduling.xdist import SchedulingPlugin
+from pytest_proofpack.scheduling.xdist_plugin import SchedulingPlugin
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):

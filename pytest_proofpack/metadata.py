@@ -7,12 +7,15 @@ the revision each model actually loaded at.
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_proofpack import ENGINE_VERSION, __version__
 from pytest_proofpack.results import atomic_write_json
 
 if TYPE_CHECKING:
@@ -34,10 +37,27 @@ def source_commit(start: Path) -> dict[str, Any]:
     return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def write_metadata(ctx: RunContext, cases: Sequence[Case]) -> None:
-    from pytest_proofpack import ENGINE_VERSION, __version__
-    from pytest_proofpack.session import environment
+def environment() -> dict[str, Any]:
+    """The machine this run used: platform, Python, torch and transformers versions, CUDA and its GPUs."""
+    env: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0],
+                           "machine": platform.machine()}
+    try:
+        import torch
+        import transformers
 
+        env.update(torch=torch.__version__, transformers=transformers.__version__,
+                   cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
+        if torch.cuda.is_available():
+            props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+            env["gpus"] = [{"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1)} for p in props]
+    except ImportError:  # pragma: no cover - declared dependencies
+        pass
+    return env
+
+
+def write_metadata(ctx: RunContext, cases: Sequence[Case]) -> None:
+    """Write ``metadata/`` of the run directory: the catalog files, ``environment.json``, ``source_repo.json``
+    and ``model_revisions.json`` (keeping the revisions workers resolved in an earlier session)."""
     meta = ctx.run_dir / "metadata"
     meta.mkdir(parents=True, exist_ok=True)
     for name, target in (("scenarios", "scenarios.json"), ("suites", "suites.yaml"),

@@ -37,9 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    from pytest_proofpack.session import auto_num_workers
+    from pytest_proofpack.scheduling.worker_env import auto_num_workers_for
 
-    return auto_num_workers(config)
+    return auto_num_workers_for(config)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -47,13 +47,20 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     from pytest_proofpack import engine_plugin
+    from pytest_proofpack.controller_role import ControllerRole
     from pytest_proofpack.session import ProofpackSession
+    from pytest_proofpack.worker_role import WorkerRole
 
     config.pluginmanager.register(engine_plugin, "proofpack-engine")
     session = ProofpackSession.from_config(config)
     config.pluginmanager.register(session, ProofpackSession.PLUGIN_NAME)
+    config.pluginmanager.register(WorkerRole(session), "proofpack-worker")
+    if not session.is_worker:  # only the controller records, and writes the verdict and the pack
+        config.pluginmanager.register(ControllerRole(session), "proofpack-controller")
 
 
 def pytest_report_header(config: pytest.Config) -> Sequence[str] | None:
-    session = config.pluginmanager.get_plugin("proofpack-session")
+    from pytest_proofpack.session import ProofpackSession
+
+    session = config.pluginmanager.get_plugin(ProofpackSession.PLUGIN_NAME)
     return session.header() if session is not None else None

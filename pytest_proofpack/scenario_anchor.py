@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_proofpack.session import ProofpackSession, ScenarioOutcome
+from pytest_proofpack.session import ProofpackSession
+from pytest_proofpack.worker_role import ScenarioOutcome
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_proofpack.errors import OptionError
 from pytest_proofpack.scheduling.gpus import CpuInventory, FakeInventory, detect_inventory
-from pytest_proofpack.scheduling.xdist import auto_num_workers, worker_device_env
+from pytest_proofpack.scheduling.worker_env import auto_num_workers, worker_device_env
 
 
 def test_fake_spec_gives_uniform_devices() -> None:

@@ -18,14 +18,15 @@ import pytest
 from e2e_support import N_SCENARIOS, ORACLE_CONFTEST, write_suite
 
 from pytest_proofpack.errors import OptionError
-from pytest_proofpack.scheduling.launch import (
+from pytest_proofpack.scheduling.reservations import (
     READY_TIMEOUT_ENV,
+    RESERVATIONS_FILE,
+    Reservation,
     ReservationNotReadyError,
     leader_reservation,
     ready_timeout_s,
     wait_until_ready,
 )
-from pytest_proofpack.scheduling.xdist import RESERVATIONS_FILE, Reservation
 
 WHERE_CONFTEST = r"""
 import json, os, sys, time

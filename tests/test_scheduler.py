@@ -14,7 +14,8 @@ from pytest_proofpack.malloc import glibc_version
 from pytest_proofpack.models import ModelEntry
 from pytest_proofpack.scheduling.gpus import CpuInventory, FakeInventory, GpuInventory
 from pytest_proofpack.scheduling.plan import PlanSettings
-from pytest_proofpack.scheduling.xdist import ProofpackScheduling, reservation_for
+from pytest_proofpack.scheduling.reservations import reservation_for
+from pytest_proofpack.scheduling.scheduler import ProofpackScheduling
 
 
 @dataclass
@@ -341,7 +342,8 @@ CONFTEST = textwrap.dedent(
     from pytest_proofpack.models import ModelEntry
     from pytest_proofpack.scheduling.gpus import detect_inventory
     from pytest_proofpack.scheduling.plan import PlanSettings
-    from pytest_proofpack.scheduling.xdist import SchedulingPlugin, auto_num_workers
+    from pytest_proofpack.scheduling.worker_env import auto_num_workers
+    from pytest_proofpack.scheduling.xdist_plugin import SchedulingPlugin
 
     MODELS = {
         "m-small": ModelEntry("m-small", "x", 1.0, "llama"),

@@ -137,7 +137,7 @@ def test_controller_sets_the_tunables_for_its_workers_and_puts_them_back(monkeyp
 
     from pytest_proofpack.scheduling.gpus import CpuInventory
     from pytest_proofpack.scheduling.plan import PlanSettings
-    from pytest_proofpack.scheduling.xdist import SchedulingPlugin
+    from pytest_proofpack.scheduling.xdist_plugin import SchedulingPlugin
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     plugin = SchedulingPlugin(None, {}, PlanSettings(), CpuInventory())  # type: ignore[arg-type]

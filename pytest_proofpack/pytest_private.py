@@ -1,0 +1,74 @@
+"""The private pytest APIs this plugin relies on, each wrapped once with the reason no public API serves.
+
+Everything else in the package uses pytest's and pytest-xdist's public API; a pytest upgrade that moves one of
+these names breaks only this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from _pytest.junitxml import LogXML
+
+
+def prepare_config(args: Sequence[str]) -> pytest.Config:
+    """A :class:`pytest.Config` parsed from command-line ``args``, its plugins loaded but not yet configured.
+
+    Used to rebuild a worker's configuration in a multi-GPU reservation's subprocess, the way pytest-xdist
+    rebuilds it in each worker (``xdist/remote.py`` calls the same function). pytest has no public API that
+    configures pytest without running a session (pytest-dev/pytest#7309); ``pytest.main`` would run one.
+    """
+    from _pytest.config import _prepareconfig
+
+    return _prepareconfig(list(args), None)
+
+
+def configure(config: pytest.Config) -> None:
+    """Run ``pytest_configure`` of every plugin for ``config`` (what ``pytest.main`` does before a session).
+
+    No public API configures a :class:`pytest.Config` outside ``pytest.main`` (pytest-dev/pytest#7309).
+    """
+    config._do_configure()
+
+
+def unconfigure(config: pytest.Config) -> None:
+    """Run ``pytest_unconfigure`` and the config's cleanups, once: the counterpart of :func:`configure`.
+
+    No public API for it either (pytest-dev/pytest#7309).
+    """
+    config._ensure_unconfigure()
+
+
+def controller_basetemp(config: pytest.Config) -> Path | None:
+    """This process's pytest base temporary directory (what ``tmp_path_factory.getbasetemp()`` returns), or
+    None when the tmp_path plugin is disabled or the directory cannot be made.
+
+    The controller needs it in a hook (``pytest_xdist_make_scheduler``), where no fixture can be requested:
+    the ``tmp_path_factory`` fixture only returns the factory pytest stores on the config, and building a new
+    :class:`pytest.TempPathFactory` would make a different numbered directory. No upstream issue asking for
+    public access to the session's factory was found.
+    """
+    factory: pytest.TempPathFactory | None = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return None
+    try:
+        return Path(factory.getbasetemp())
+    except OSError:
+        return None
+
+
+def junit_xml(config: pytest.Config) -> LogXML | None:
+    """The JUnit XML writer of ``--junit-xml`` (None without the option), to add suite-level properties.
+
+    The public ``record_testsuite_property`` fixture is silent under pytest-xdist: it runs in the workers, whose
+    properties never reach the controller's XML (pytest-dev/pytest#7767). The controller therefore adds them to
+    the writer itself, which pytest keeps under a private stash key.
+    """
+    from _pytest.junitxml import xml_key
+
+    return config.stash.get(xml_key, None)
