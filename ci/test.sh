@@ -11,5 +11,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 proofpack fetch --suite smoke
 ruff check pytest_proofpack tests bench
+python ci/check_layout.py
 mypy --strict pytest_proofpack
 python -m pytest tests -q -n 2 "$@"

@@ -110,6 +110,8 @@ _SPECS: Final[tuple[_Spec, ...]] = (
     _Spec("device", _choice("device", DEVICES), "auto", "device for models: auto (cuda if visible), cpu, cuda",
           metavar="DEV"),
     _Spec("dtype", _text, None, "model dtype (default bfloat16 on GPU, float32 on CPU)", metavar="DTYPE"),
+    _Spec("bos", _choice("bos", ("auto", "on", "off")), "auto", "start every window with the BOS token: auto (when "
+          "the model's tokenizer adds one), on, off", metavar="MODE"),
     _Spec("seed", _positive_int("seed"), 42, "seed of window selection, bootstrap and seeded edits", metavar="N"),
     _Spec("shard", _text, None, "run shard K of N (split by model); merge with `proofpack merge`", metavar="K/N"),
     _Spec("sign-key", _path, None, "Ed25519 private key (PEM) that signs the pack; default: an ephemeral key",
@@ -155,6 +157,7 @@ class Options:
     net: bool
     device: str
     dtype: str | None
+    bos: str
     seed: int
     shard: str | None
     sign_key: Path | None

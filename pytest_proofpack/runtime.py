@@ -192,7 +192,7 @@ class ModelRuntime:
         on or off by the option."""
         from pytest_proofpack.data.tokenization import adds_bos
 
-        mode = getattr(self.ctx.options, "bos", "auto")
+        mode = self.ctx.options.bos
         tokenizer = self.loaded.tokenizer
         if mode == "off":
             return None

@@ -126,8 +126,13 @@ class ProofpackSession:
         if self.ctx is None:
             return None
         models = ", ".join(self.ctx.config["models"])
-        return [f"proofpack: suite {self.ctx.suite.name} ({len(self.cases)} scenario runs; models {models}); "
-                f"run dir {self.ctx.run_dir}; config {self.ctx.config_digest[:12]}"]
+        lines = [f"proofpack: suite {self.ctx.suite.name} ({len(self.cases)} scenario runs; models {models}); "
+                 f"run dir {self.ctx.run_dir}; config {self.ctx.config_digest[:12]}"]
+        assert self.catalog is not None
+        for model, kinds in self.catalog.untuned(self.cases).items():
+            lines.append(f"proofpack: tuning {model} ({', '.join(kinds)}): no tuned_edit_params entry, so its first "
+                         f"worker measures one (evidence: metadata/tuning/{model}.json)")
+        return lines
 
     # ------------------------------------------------------------------------------------------ collection
     @pytest.hookimpl(tryfirst=True)
@@ -161,7 +166,7 @@ def run_config(options: Options, catalog: Catalog, suite: Suite, cases: Sequence
         "tier": options.tier, "gate_rule": options.gate_rule, "seed": options.seed,
         "calibration_runs": options.calibration_runs if options.calibration_runs is not None
         else suite.eval.get("calibration_runs", 5),
-        "presets": str(options.presets) if options.presets else None, "dtype": options.dtype,
+        "presets": str(options.presets) if options.presets else None, "dtype": options.dtype, "bos": options.bos,
         "eval": dict(suite.eval),
         "determinism": options.determinism,  # strict changes numerics (no TF32, fp32 power iterations): not reused
     }
