@@ -14,7 +14,7 @@ from pytest_proofpack.data.windows import chunk_indices, make_eval_windows, pool
 
 def test_bos_windows_hold_bos_then_a_stride_of_corpus_tokens() -> None:
     tokens = np.arange(1000, 1000 + 4000, dtype=np.int64)
-    plain_preview, plain_final = make_eval_windows(tokens, 16, 2, 5, seed=3)
+    _, plain_final = make_eval_windows(tokens, 16, 2, 5, seed=3)
     preview, final = make_eval_windows(tokens, 16, 2, 5, seed=3, bos=7)
     assert final.input_ids.shape == plain_final.input_ids.shape == (5, 16)
     assert bool((final.input_ids[:, 0] == 7).all()) and final.bos == 7 and final.stride == 15
