@@ -149,6 +149,24 @@ def test_drift_compares_both_arms_against_baseline() -> None:
     assert skew[0]["drift"]["log_gap"] == pytest.approx(0.05, abs=1e-12)
 
 
+def test_a_gap_that_sampling_explains_is_not_drift() -> None:
+    rng = np.random.default_rng(_fresh_seed())
+    bp, bf = rng.uniform(2, 3, size=4), rng.uniform(2, 3, size=16)
+    noise_p, noise_f = rng.normal(0, 0.05, size=4), rng.normal(0, 0.05, size=16)
+    cfg = EngineConfig(bootstrap_replicates=100)
+    pm, _, drift_ok = paired_primary_metric(list(bp + noise_p), list(bf + noise_f), list(bp), list(bf), cfg,
+                                            seq_len=8, drift_band=0.0)
+    drift = pm["drift"]
+    pooled = np.concatenate([noise_p - noise_p.mean(), noise_f - noise_f.mean()])
+    se = math.sqrt(float(pooled @ pooled) / 18 * (1 / 4 + 1 / 16))
+    assert drift["se"] == pytest.approx(se, rel=1e-9) and drift["band_used"] == pytest.approx(drift["z"] * se)
+    assert drift_ok == (drift["log_gap"] <= drift["z"] * se)
+    shifted, _, shifted_ok = paired_primary_metric(
+        list(bp + noise_p + 10 * drift["z"] * se), list(bf + noise_f), list(bp), list(bf), cfg, seq_len=8,
+        drift_band=0.0)
+    assert shifted_ok is False and shifted["drift"]["log_gap"] > shifted["drift"]["band_used"]
+
+
 # ----------------------------------------------------------------------------------------- chunked token NLL
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -181,6 +181,10 @@ def _gate(cfg: EngineConfig, ratio: float | None, log_ci: list[float] | None) ->
     return within, fields
 
 
+#: A preview/final gap beyond this many standard errors is drift: two-sided 0.1 % under a normal difference.
+DRIFT_Z: Final = 3.29
+
+
 def _drift(
     d_prev: np.ndarray,
     d_final: np.ndarray,
@@ -190,15 +194,35 @@ def _drift(
     *,
     all_finite: bool,
 ) -> tuple[bool, dict[str, Any]]:
-    """Whether the preview and final arms agree within ``drift_band`` (both paired, every window finite), and the
-    section's ``drift`` fields."""
+    """Whether the preview and final arms agree (both paired, every window finite), and the ``drift`` fields.
+
+    The gap between the two arms' mean log ratios must lie within ``drift_band`` (the calibrated band) or within
+    ``DRIFT_Z`` standard errors of the difference of two window means, whichever is wider: the preview arm has few
+    windows, and a gap that sampling alone explains is not drift. The standard error pools both arms' per-window
+    deltas (under no drift they come from one distribution), so it does not rest on the preview's few windows.
+    """
     log_prev = float(d_prev.mean()) if d_prev.size else math.nan
     gap = abs(log_prev - log_ratio) if d_prev.size and d_final.size else math.nan
-    drift_ok = bool(math.isfinite(gap) and gap <= drift_band and all_finite)
+    se = _gap_standard_error(d_prev, d_final)
+    band = max(drift_band, DRIFT_Z * se) if math.isfinite(se) else drift_band
+    drift_ok = bool(math.isfinite(gap) and gap <= band and all_finite)
     return drift_ok, {
-        "rule": "abs(log(preview_ratio) - log(final_ratio)) <= band; both ratios paired vs baseline",
+        "rule": "abs(log(preview_ratio) - log(final_ratio)) <= max(band, z * se); both ratios paired vs baseline",
         "preview_ratio": _safe_exp(log_prev) if d_prev.size else None,
         "final_ratio": ratio,
         "log_gap": gap if math.isfinite(gap) else None,
         "band": drift_band,
+        "z": DRIFT_Z,
+        "se": se if math.isfinite(se) else None,
+        "band_used": band,
     }
+
+
+def _gap_standard_error(d_prev: np.ndarray, d_final: np.ndarray) -> float:
+    """Standard error of ``mean(d_prev) - mean(d_final)`` from the pooled variance of both arms (NaN if < 3)."""
+    n_prev, n_final = d_prev.size, d_final.size
+    if n_prev < 1 or n_final < 1 or n_prev + n_final < 3:
+        return math.nan
+    pooled = np.concatenate([d_prev - d_prev.mean(), d_final - d_final.mean()])
+    variance = float(np.sum(pooled * pooled)) / (n_prev + n_final - 2)
+    return math.sqrt(variance * (1.0 / n_prev + 1.0 / n_final))
