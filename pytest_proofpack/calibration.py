@@ -1,11 +1,12 @@
 """Calibration: null and benign runs of one model -> a preset of thresholds, each with its provenance.
 
-What varies between runs is what really varies in use: every run draws a different window sample
-(``make_windows(seed)``) and engine seed, builds that sample's baseline, then evaluates
+What varies between evaluations is what really varies in use: every evaluation draws its own window sample
+(``make_windows(seed)``, from the calibration pool) and engine seed, builds that sample's baseline, then evaluates
 
-* the unedited model (a *null* run: exactly zero on a deterministic device, evaluation noise elsewhere), and
-* when ``benign`` is given, the model under a harmless edit: ``benign(model, run)`` returns a context manager
-  that applies the edit on entry and restores the model on exit (e.g. 8-bit RTN).
+* the unedited model (a *null* run: exactly zero on a deterministic device, evaluation noise elsewhere), or
+* when ``benign`` is given, the model under a harmless edit: ``benign(model, index)`` returns a context manager
+  that applies the edit on entry and restores the model on exit (:class:`~pytest_proofpack.benign.BenignPlan`:
+  the model's tuned clean settings and their ladder neighbours).
 
 Derived (each stored with ``n``, ``max``, ``q95``, ``floor``, ``margin`` of the values it came from):
 ``primary_metric.drift_band`` (|log preview ratio - log final ratio|), ``spectral.family_thresholds`` (per-family
@@ -158,32 +159,41 @@ def calibration_run(
     benign: BenignEdit | None = None,
     benign_per_run: int = 1,
 ) -> dict[str, Any]:
-    """Calibration run ``run`` (0-based): ``{"window": {seed, digests}, "records": [...]}``, JSON-able.
+    """Calibration run ``run`` (0-based): ``{"window": {seed, digests}, "windows": [...], "records": [...]}``.
 
     With ``benign``, the run evaluates ``benign_per_run`` benign edits, ``benign(model, run * benign_per_run + j)``
-    for ``j < benign_per_run``, all on the run's windows. A run depends only on its index, the model and ``cfg``,
-    so runs can be computed by different processes and assembled by :func:`assemble` in index order. The model is
-    left as it was found.
+    for ``j < benign_per_run``, edit ``j`` on its own window sample (seed ``run seed + j``, its own baseline): a
+    guard statistic varies with the windows as much as with the edit, and each scenario run has its own windows,
+    so the thresholds must see as many samples as there are evaluations. A run depends only on its index, the
+    model and ``cfg``, so runs can be computed by different processes and assembled by :func:`assemble` in index
+    order. The model is left as it was found.
     """
     seed = cfg.seed + RUN_SEED_STRIDE * (run + 1)
-    run_cfg = dataclasses.replace(cfg, seed=seed)
-    preview, final = make_windows(seed)
-    window = {"seed": seed, "preview_digest": preview.digest, "final_digest": final.digest}
-    state = prepare_baseline(model, preview, final, run_cfg)
     ctx: dict[str, object] = {"model": None, "scenario": "calibration", "run": run, "edit": None, "probes": []}
     # On the CPU a forward pass is deterministic: a null run re-evaluates the baseline and its statistics are
     # exactly zero, so with benign edits available it adds cost and no information and is skipped.
     deterministic = str(cfg.device).startswith("cpu")
     records: list[dict[str, Any]] = []
-    if benign is None or not deterministic:
+    windows: list[dict[str, Any]] = []
+
+    def sample(offset: int) -> tuple[Any, Any, Any, EngineConfig]:
+        run_cfg = dataclasses.replace(cfg, seed=seed + offset)
+        preview, final = make_windows(seed + offset)
+        windows.append({"seed": seed + offset, "preview_digest": preview.digest, "final_digest": final.digest})
+        return prepare_baseline(model, preview, final, run_cfg), preview, final, run_cfg
+
+    null_sample = sample(0) if benign is None or not deterministic else None
+    if null_sample is not None:
+        state, preview, final, run_cfg = null_sample
         report = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
         records.append(_calibration_record("null", run, report))
     if benign is not None:
-        for index in range(run * benign_per_run, (run + 1) * benign_per_run):
-            with benign(model, index) as change:
+        for j in range(benign_per_run):
+            state, preview, final, run_cfg = null_sample if j == 0 and null_sample is not None else sample(j)
+            with benign(model, run * benign_per_run + j) as change:
                 report = evaluate(model, state, preview, final, {}, run_cfg, context=ctx).report
             records.append(_calibration_record("benign", run, report, _edit_label(change)))
-    return {"window": window, "records": records}
+    return {"window": windows[0], "windows": windows, "records": records}
 
 
 def _edit_label(change: object) -> str | None:
@@ -206,7 +216,7 @@ def assemble(
     if not parts:
         raise PresetError("calibration runs must be >= 1; raise --proofpack-calibration-runs")
     records = [dict(r) for part in parts for r in part["records"]]
-    windows = [part["window"] for part in parts]
+    windows = [w for part in parts for w in part.get("windows", [part["window"]])]
     deterministic = str(cfg.device).startswith("cpu")
     th = derive(records)
     th["spectral"]["max_caps"] = cfg.max_caps
