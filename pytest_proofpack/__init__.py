@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 ENGINE_VERSION = "proofpack-engine-7"  # 7: drift gate band widened to z * the standard error of the arms' gap
 #: Names what the built-in edits and faults compute. It keys the run configuration, so a stored scenario record that
 #: other edit numerics made is recomputed, not reused. Baselines and presets are not keyed by it: a change to the
-#: numerics of a benign calibration edit (``benign.FALLBACK_SPECS`` or the tuning ladders) must bump ``ENGINE_VERSION`` too.
+#: numerics of a benign calibration edit (``benign.FALLBACK_SPECS``, the tuning ladders) must bump ``ENGINE_VERSION``.
 EDITS_VERSION = "proofpack-edits-4"  # 4: low-rank range finder in bf16 where native, ends in a row-space half-iteration
 
 __all__ = ["EDITS_VERSION", "ENGINE_VERSION", "__version__"]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_proofpack.errors import OptionError
+from pytest_proofpack.errors import CatalogError, OptionError
 from pytest_proofpack.results import atomic_write_text
 
 TUNED_SCHEMA = "tuned_edit_params_v1"
@@ -35,7 +35,7 @@ def add_tune(subparsers: Any) -> None:
     p.add_argument("--suites", type=Path, help="suites.yaml to use instead of the shipped one")
     p.add_argument("--cache", type=Path, help="cache directory (default $PROOFPACK_CACHE)")
     p.add_argument("--tier", default="balanced", choices=("conservative", "balanced", "aggressive"))
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the model's)")
     p.add_argument("--seed", type=int, default=42, help="seed of the window pools and the bootstrap")
     p.set_defaults(func=run_tune)
@@ -45,7 +45,10 @@ def run_tune(args: argparse.Namespace) -> int:
     from pytest_proofpack.catalog import load_catalog
 
     catalog = load_catalog(args.scenarios, args.suites, None)
-    suite = catalog.suite(args.suite)
+    try:
+        suite = catalog.suite(args.suite)
+    except CatalogError as exc:  # the catalog names the pytest option; here it is --suite
+        raise CatalogError(str(exc).replace("--proofpack-suite", "--suite")) from None
     keys = [k.strip() for k in args.models.split(",") if k.strip()] if args.models else None
     models = catalog.resolve_models(suite, keys, env={})
     out = Path(args.out)
@@ -71,9 +74,10 @@ def _tune_model(args: argparse.Namespace, catalog: Any, suite: Any, entry: Any, 
                      dict(catalog.datasets[suite.dataset]), registries=default_registries())
     runtime = ModelRuntime(ctx, entry)
     try:
-        print(f"proofpack tune: {entry.key}: tuning {', '.join(ModelTuning(runtime).clean_scopes())} "
-              f"on {len(ModelTuning(runtime).windows())} tuning windows")
-        measured = ModelTuning(runtime, measure_all=True).measured()
+        tuning = ModelTuning(runtime, measure_all=True)
+        print(f"proofpack tune: {entry.key}: tuning {', '.join(tuning.clean_scopes())} "
+              f"on {len(tuning.windows())} tuning windows", flush=True)
+        measured = tuning.measured()
     finally:
         runtime.close()
     for kind, tuned in measured.items():
