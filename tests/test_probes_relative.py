@@ -65,3 +65,12 @@ def test_relative_values_need_a_threshold_and_a_number() -> None:
 def test_relative_layer_ranges_scale_with_depth(spec: str, n: int, expected: list[int]) -> None:
     env = EnvReader({"K": spec}, "probe")
     assert target_layers(env, "K", list(range(n)), 4) == expected
+
+
+def test_a_variance_probe_relative_to_the_deadband_scales_by_one_over_one_plus_k_d() -> None:
+    env = {"INVARLOCK_VE_SCALE_FACTOR": "ve_deadband*2"}
+    out, resolved = resolve_relative(env, {"variance": {"deadband": {"value": 0.25}}})
+    assert float(out["INVARLOCK_VE_SCALE_FACTOR"]) == pytest.approx(1 / 1.5)
+    assert resolved["INVARLOCK_VE_SCALE_FACTOR"]["threshold"] == 0.25
+    with pytest.raises(SpecError, match="no variance deadband"):
+        resolve_relative(env, {"variance": {}})
