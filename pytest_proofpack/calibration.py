@@ -11,10 +11,10 @@ What varies between evaluations is what really varies in use: every evaluation d
 Derived (each stored with ``n``, ``max``, ``q95``, ``floor``, ``margin`` of the values it came from):
 ``primary_metric.drift_band`` (|log preview ratio - log final ratio|), ``spectral.family_thresholds`` (per-family
 max |log sigma ratio|), ``rmt.epsilon_by_family`` (family shift: the largest one-sided rise of a module's edge
-statistic), ``variance.deadband`` (max |alpha-1|) and ``variance.min_effect`` (largest CI lower bound of a VE
-gain). Rule: ``value = max(floor, margin * max)``. ``achieved_null_false_alarm_rate`` re-applies the derived
-thresholds to the calibration evaluations (in-sample); ``loo_false_alarm_rate`` does so leaving each evaluation
-out of the derivation (an honest out-of-sample figure).
+statistic), ``variance.deadband`` (max |alpha-1| over the evaluations whose VE gain CI lower bound is positive) and
+``variance.min_effect`` (largest CI lower bound of a VE gain). Rule: ``value = max(floor, margin * max)``.
+``achieved_null_false_alarm_rate`` re-applies the derived thresholds to the calibration evaluations (in-sample);
+``loo_false_alarm_rate`` does so leaving each evaluation out of the derivation.
 """
 
 from __future__ import annotations
@@ -118,7 +118,11 @@ def derive(records: list[dict[str, Any]]) -> dict[str, Any]:
             }
         },
         "variance": {
-            "deadband": _stat([r["ve_max_dev"] for r in records], FLOORS["ve_deadband"]),
+            # A VE signal needs a proposal *and* a gain from applying it: a benign edit whose proposals would not
+            # help (gain CI at or below zero) cannot raise one however far they lie, so it does not widen the
+            # deadband; only the benign evaluations where rescaling would have helped do.
+            "deadband": _stat([r["ve_max_dev"] if (r["ve_gain_lo"] or 0.0) > 0.0 else None for r in records],
+                              FLOORS["ve_deadband"]),
             "min_effect": _stat(
                 [max(0.0, r["ve_gain_lo"]) if r["ve_gain_lo"] is not None else None for r in records],
                 FLOORS["ve_min_effect"],
