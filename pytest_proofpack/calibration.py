@@ -52,6 +52,9 @@ FLOORS: Final[dict[str, float]] = {
     "ve_min_effect": 0.0,
 }
 RUN_SEED_STRIDE: Final = 1000
+#: Names how :func:`calibration_run` and :func:`derive` compute a preset; it keys cached presets, so a change to
+#: either recalibrates instead of reusing a preset the old rules made.
+DERIVATION: Final = "per-evaluation window samples; VE deadband from evaluations with a positive gain CI"
 
 WindowFactory = Callable[[int], tuple[Any, Any]]
 BenignEdit = Callable[[Any, int], AbstractContextManager[Any]]

@@ -40,6 +40,13 @@ def probes_for(case: Case) -> list[str]:
     return [p for p, k in (("rmt", "rmt_probe"), ("ve", "ve_probe")) if k in kinds]
 
 
+def relative_defaults() -> dict[str, float]:
+    """The engine's uncalibrated thresholds a relative probe strength falls back to (as the guards do)."""
+    from pytest_proofpack.engine.config import DEFAULT_SPECTRAL_THRESHOLD, DEFAULT_VE_DEADBAND
+
+    return {"spectral": DEFAULT_SPECTRAL_THRESHOLD, "ve_deadband": DEFAULT_VE_DEADBAND}
+
+
 def apply_change(case: Case, runtime: ModelRuntime) -> Any:
     """Apply the scenario's edit or fault to ``runtime.model`` in place, resolved in the run's registries; returns
     the reversible change."""
@@ -62,7 +69,7 @@ def apply_change(case: Case, runtime: ModelRuntime) -> Any:
 
     gen = case.scenario.generation
     merged = {**(gen.get("env") or {}), **((gen.get("env_by_model") or {}).get(case.model.key) or {})}
-    env, relative = resolve_relative({str(k): str(v) for k, v in merged.items()}, runtime.preset)
+    env, relative = resolve_relative({str(k): str(v) for k, v in merged.items()}, runtime.preset, relative_defaults())
     change = apply_fault(runtime.model, str(case.scenario.generation["error_type"]), env, seed=seed,
                          registry=registries.faults)
     if relative:

@@ -275,7 +275,8 @@ class ModelRuntime:
             plan = self.benign_plan()
             # Everything that shapes a preset keys its cache entry: a changed benign plan or floor recalibrates.
             digest = stable_digest("preset", self.baseline_digest(), runs, plan.describe(), POOL_SHARES,
-                                   calibration.FLOORS, calibration.MARGIN, calibration.RUN_SEED_STRIDE)
+                                   calibration.FLOORS, calibration.MARGIN, calibration.RUN_SEED_STRIDE,
+                                   calibration.DERIVATION)
             t0 = time.perf_counter()
             found = read_json_object(self.ctx.cache / "presets" / f"{digest}.json")
             if found is None:

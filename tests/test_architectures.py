@@ -22,7 +22,9 @@ from pytest_proofpack.edits.spec import parse_edit_spec, parse_scope, scope_matc
 from pytest_proofpack.engine.config import EngineConfig
 from pytest_proofpack.engine.evaluate import evaluate, prepare_baseline
 from pytest_proofpack.errors import UnsupportedArchitectureError
+from pytest_proofpack.execute import relative_defaults
 from pytest_proofpack.faults import apply_fault, default_fault_registry
+from pytest_proofpack.faults.relative import resolve_relative
 from pytest_proofpack.models.adapters import (
     describe,
     find_blocks,
@@ -250,7 +252,7 @@ def _ref_before(before: dict[str, Any], model: Any, ref: Any) -> torch.Tensor:
 
 def _scenario_faults() -> list[tuple[str, dict[str, str]]]:
     return [
-        (s["id"], dict(s["generation"].get("env") or {}))
+        (s["id"], resolve_relative(dict(s["generation"].get("env") or {}), {}, relative_defaults())[0])
         for s in json.loads(SCENARIOS.read_text())["scenarios"]
         if s["generation"].get("error_type")
     ]

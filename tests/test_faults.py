@@ -14,8 +14,10 @@ from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
 
 from pytest_proofpack.edits.change import AppliedChange
 from pytest_proofpack.errors import SpecError
+from pytest_proofpack.execute import relative_defaults
 from pytest_proofpack.faults import FaultContext, FaultOutcome, apply_fault, default_fault_registry
 from pytest_proofpack.faults.registry import FaultRegistry
+from pytest_proofpack.faults.relative import resolve_relative
 from pytest_proofpack.models.adapters import find_blocks, matrix, tied_pairs, weight_refs
 
 LAYERS = 4
@@ -210,9 +212,10 @@ def test_weight_faults(arch: str) -> None:
 
 
 def _env(error_id: str) -> dict[str, str]:
+    """The shipped scenario's env, strengths relative to the model resolved as an uncalibrated run does."""
     for s in json.loads(SCENARIOS.read_text())["scenarios"]:
         if s["id"] == error_id:
-            return dict(s["generation"].get("env") or {})
+            return resolve_relative(dict(s["generation"].get("env") or {}), {}, relative_defaults())[0]
     raise KeyError(error_id)
 
 

@@ -31,11 +31,16 @@ _VE_FACTOR: Final = "INVARLOCK_VE_SCALE_FACTOR"
 _GUARD_FAMILY: Final = {"attn": "attn", "ffn": "ffn", "mlp": "ffn"}
 
 
-def resolve_relative(env: Mapping[str, str], preset: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """``env`` with relative values replaced by numbers, and ``{key: {value, threshold, ...}}`` of each one.
+def resolve_relative(
+    env: Mapping[str, str], preset: Mapping[str, Any], defaults: Mapping[str, float] | None = None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """``env`` with relative values replaced by numbers, and ``{key: {value, threshold, source, ...}}`` of each.
 
-    Raises :class:`SpecError` naming the key when a relative value is malformed or its threshold is unknown.
+    A threshold comes from ``preset``, else from ``defaults`` (``{"spectral": t, "ve_deadband": d}``: the
+    engine's uncalibrated defaults, as the guards themselves use them). Raises :class:`SpecError` naming the key when
+    a relative value is malformed or its threshold is in neither.
     """
+    fallback = dict(defaults or {})
     out = dict(env)
     resolved: dict[str, Any] = {}
     spectral = env.get(_SPECTRAL_FACTOR)
@@ -43,25 +48,26 @@ def resolve_relative(env: Mapping[str, str], preset: Mapping[str, Any]) -> tuple
         family = _GUARD_FAMILY.get(env.get(_SPECTRAL_FAMILY, "attn"), env.get(_SPECTRAL_FAMILY, "attn"))
         thresholds = (preset.get("spectral") or {}).get("family_thresholds") or {}
         multiple, value = _relative(_SPECTRAL_FACTOR, spectral, "spectral_threshold", thresholds.get(family),
-                                    f"spectral threshold for family {family!r}")
+                                    f"spectral threshold for family {family!r}", fallback.get("spectral"))
         resolved[_SPECTRAL_FACTOR] = {"written": spectral, "value": math.exp(multiple * value), "family": family,
                                       "threshold": value, "multiple": multiple}
     ve = env.get(_VE_FACTOR)
     if ve is not None and ve.strip().startswith("ve_deadband"):
         multiple, value = _relative(_VE_FACTOR, ve, "ve_deadband", (preset.get("variance") or {}).get("deadband"),
-                                    "variance deadband")
+                                    "variance deadband", fallback.get("ve_deadband"))
         resolved[_VE_FACTOR] = {"written": ve, "value": 1.0 / (1.0 + multiple * value), "threshold": value,
                                 "multiple": multiple}
     out.update({key: repr(entry["value"]) for key, entry in resolved.items()})
     return out, resolved
 
 
-def _relative(key: str, raw: str, unit: str, entry: object, what: str) -> tuple[float, float]:
-    """``(K, threshold)`` of ``raw`` = ``<unit>*K``, the threshold read from the preset's ``entry``."""
+def _relative(key: str, raw: str, unit: str, entry: object, what: str, default: float | None) -> tuple[float, float]:
+    """``(K, threshold)`` of ``raw`` = ``<unit>*K``, the threshold read from the preset's ``entry``, else
+    ``default``."""
     match = re.match(rf"^{unit}\*(\d+(?:\.\d+)?)$", raw.strip())
     if match is None:
         raise SpecError(f"env {key}={raw!r}: write {unit}*K with a number K, e.g. {unit}*2")
-    value = entry.get("value") if isinstance(entry, Mapping) else None
+    value = entry.get("value") if isinstance(entry, Mapping) else default
     if not isinstance(value, int | float) or not value > 0:
         raise SpecError(f"env {key}={raw!r}: the preset has no {what}; calibrate the model or give an absolute "
                         "factor")
