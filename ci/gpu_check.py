@@ -129,9 +129,38 @@ def check_pinning(dry_run: bool) -> None:
         assert got["cvd"] == parent and got["gpu"] == "0", got
 
 
+def _build(cfg: Any, device: Any, dtype: Any, cuda: bool, times: dict[str, float]) -> Any:
+    """The model of ``cfg`` built directly on ``device`` in ``dtype`` (no fp32 copy of 7B weights on the device)."""
+    import torch
+    from transformers import MistralForCausalLM
+
+    with phase("build", cuda, times):
+        torch.manual_seed(0)
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = MistralForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(old)
+        model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def _report_ceiling(name: str, tps: float, params: int) -> None:
+    """The evaluation's tokens/s against the bf16 ceiling of the device, when its peak is known."""
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    if peak is None:
+        print(f"bf16 ceiling: unknown peak for {name!r}")
+        return
+    ceiling = peak / (2 * params)
+    print(f"bf16 ceiling on {name}: {ceiling:,.0f} tokens/s (2×params FLOPs/token at {peak / 1e12:.0f} TFLOP/s)")
+    print(f"fraction of ceiling: {tps / ceiling:.1%}")
+
+
 def model_check(dry_run: bool, windows: int, seq_len: int, batch: int) -> None:
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig
 
     cuda = not dry_run
     device = torch.device("cuda" if cuda else "cpu")
@@ -139,16 +168,7 @@ def model_check(dry_run: bool, windows: int, seq_len: int, batch: int) -> None:
     shape = TINY if dry_run else MISTRAL_7B
     times: dict[str, float] = {}
     cfg = MistralConfig(**shape, max_position_embeddings=max(seq_len, 512))  # type: ignore[arg-type]
-    with phase("build", cuda, times):
-        torch.manual_seed(0)
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # build directly in bf16: no fp32 copy of 7B weights on the device
-        try:
-            with torch.device(device):
-                model = MistralForCausalLM(cfg)
-        finally:
-            torch.set_default_dtype(old)
-        model.eval()  # type: ignore[no-untyped-call]
+    model = _build(cfg, device, dtype, cuda, times)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e9:.3f}B params, dtype={dtype}, device={device}")
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -169,22 +189,10 @@ def model_check(dry_run: bool, windows: int, seq_len: int, batch: int) -> None:
         loss = run_eval()
     tokens = windows * seq_len
     tps = tokens / times["eval"]
-    name = torch.cuda.get_device_name(0) if cuda else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     print(f"eval: {tokens} tokens, {tps:,.0f} tokens/s, loss_sum={loss:.3f}")
-    if peak is not None:
-        ceiling = peak / (2 * params)
-        print(
-            f"bf16 ceiling on {name}: {ceiling:,.0f} tokens/s "
-            f"(2×params FLOPs/token at {peak / 1e12:.0f} TFLOP/s)"
-        )
-        print(f"fraction of ceiling: {tps / ceiling:.1%}")
-    else:
-        print(f"bf16 ceiling: unknown peak for {name!r}")
-    with phase(
-        "edit_copy", cuda, times
-    ):  # an edit's fp32 copy of the largest matrix, as the memory plan assumes
-        w = model.get_output_embeddings().weight  # type: ignore[no-untyped-call]
+    _report_ceiling(torch.cuda.get_device_name(0) if cuda else "cpu", tps, params)
+    with phase("edit_copy", cuda, times):  # an edit's fp32 copy of the largest matrix, as the memory plan assumes
+        w = model.get_output_embeddings().weight
         copy = w.detach().float()
         w.data.copy_(copy.to(w.dtype))
         del copy
