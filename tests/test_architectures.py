@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from test_metric import make_windows
+from tinymodels import model_snapshot
 
 from pytest_proofpack.edits.apply import apply_edit
 from pytest_proofpack.edits.spec import parse_edit_spec, parse_scope, scope_matches
@@ -149,20 +150,6 @@ def _expected_refs(arch: Arch) -> set[tuple[str, str, str, int | None]]:
     return out
 
 
-def _snapshot(model: Any) -> dict[str, Any]:
-    """Every parameter and buffer (by every name it has), the module tree, the config and the tying."""
-    return {
-        "tensors": {
-            **{f"p:{k}": v.detach().clone() for k, v in model.named_parameters(remove_duplicate=False)},
-            **{f"b:{k}": v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)},
-        },
-        "params": [(n, id(p)) for n, p in model.named_parameters(remove_duplicate=False)],
-        "modules": [(n, type(m).__name__, id(m)) for n, m in model.named_modules()],
-        "config": json.dumps(model.config.to_dict(), sort_keys=True, default=str),
-        "tied": tied_pairs(model),
-    }
-
-
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
         a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8)
@@ -171,7 +158,7 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _changed(model: Any, before: dict[str, Any]) -> list[str]:
     """Names of what differs from snapshot ``before`` bit for bit (so a NaN written where a NaN was is no change)."""
-    after = _snapshot(model)
+    after = model_snapshot(model)
     out = [key for key in ("params", "modules", "config", "tied") if after[key] != before[key]]
     if after["tensors"].keys() != before["tensors"].keys():
         out.append("tensor names")
@@ -222,7 +209,7 @@ def test_every_edit_touches_its_scope_and_restores_bit_exactly(name: str, kind: 
     model = _model(name)
     expected = _expected_refs(ARCHS[name])
     for scope_text in SCOPES:
-        before = _snapshot(model)
+        before = model_snapshot(model)
         scope = parse_scope(scope_text)
         refs = {r.key: r for r in weight_refs(model)}
         in_scope = {key for key, *_ in expected if scope_matches(scope, refs[key])}
@@ -275,7 +262,7 @@ FAULT_CASES: list[tuple[str, str, dict[str, str]]] = [
 @pytest.mark.parametrize("name", ARCH_NAMES)
 def test_every_fault_applies_and_restores_bit_exactly(name: str, error_type: str, env: dict[str, str]) -> None:
     model = _model(name)
-    before = _snapshot(model)
+    before = model_snapshot(model)
     with apply_fault(model, error_type, env, seed=1) as change:
         assert change.metadata["modified_count"] >= 1
         assert _changed(model, before), f"{error_type} reports {change.metadata['modified_params']}, changed nothing"
@@ -322,7 +309,7 @@ def test_guards_run_and_a_noop_edit_passes(name: str) -> None:
     assert base.spectral and base.activations
 
     def judge(changer: Callable[[], Any]) -> dict[str, Any]:
-        before = _snapshot(model)
+        before = model_snapshot(model)
         with changer():
             report = evaluate(model, base, preview, final, {}, CFG, context=CTX).report
         assert _changed(model, before) == []
@@ -377,7 +364,7 @@ def test_what_the_engine_cannot_handle_is_a_clear_error() -> None:
         apply_edit(model, parse_edit_spec("quant_rtn:4:16:all"))
     del model.model.layers[0].extra
     model.model.layers[0].input_layernorm = _OddNorm()
-    before = _snapshot(model)
+    before = model_snapshot(model)
     with pytest.raises(UnsupportedArchitectureError, match=r"LlamaForCausalLM.*model\.layers\.0\.input_layernorm"):
         apply_fault(model, "rmt_norm_noise", {"INVARLOCK_RMT_NORM_NOISE_SCALE": "0.1",
                                               "INVARLOCK_RMT_NORM_MAX_MODULES": "4"})  # every norm of both blocks
@@ -409,7 +396,7 @@ def test_a_vision_tower_lies_outside_every_scope_and_fault() -> None:
     (patch,) = [r for r in vision if r.layout == "conv"]  # the patch embedding's [out, 3, 14, 14] kernel
     assert matrix(model, patch).shape == (HIDDEN, 3 * 14 * 14)
     assert matrix(model, patch).data_ptr() == model.get_parameter(patch.name).data_ptr()
-    before = _snapshot(model)
+    before = model_snapshot(model)
     with apply_edit(model, parse_edit_spec("quant_rtn:4:16:all")) as change:
         assert set(change.metadata["modules_touched"]) == {r.key for r in refs if r.family != "embed"} & in_blocks
     for fault, env in (("nan_injection", {}), ("rmt_norm_noise", {"INVARLOCK_RMT_NORM_NOISE_SCALE": "0.1"})):

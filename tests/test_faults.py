@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from tinymodels import tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
+from tinymodels import model_snapshot, tiny_gpt2, tiny_llama, tiny_mixtral, tiny_qwen2
 
 from pytest_proofpack.edits.change import AppliedChange
 from pytest_proofpack.errors import SpecError
@@ -33,22 +33,8 @@ def _model(arch: str) -> Any:
     return _MODELS[arch]
 
 
-def _fingerprint(model: Any) -> dict[str, Any]:
-    return {
-        "tensors": {
-            **{f"p:{k}": v.detach().clone() for k, v in model.named_parameters(remove_duplicate=False)},
-            **{f"b:{k}": v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)},
-            **{k: v.detach().clone() for k, v in model.state_dict().items()},
-        },
-        "params": [(n, id(p)) for n, p in model.named_parameters(remove_duplicate=False)],
-        "modules": [(n, type(m).__name__, id(m)) for n, m in model.named_modules()],
-        "config": json.dumps(model.config.to_dict(), sort_keys=True, default=str),
-        "tied": tied_pairs(model),
-    }
-
-
 def _assert_same(model: Any, before: dict[str, Any]) -> None:
-    after = _fingerprint(model)
+    after = model_snapshot(model)
     assert after["tensors"].keys() == before["tensors"].keys()
     for k, v in before["tensors"].items():
         assert torch.equal(after["tensors"][k], v), k
@@ -67,7 +53,7 @@ def _run(
     arch: str, error_type: str, env: dict[str, str] | None = None
 ) -> tuple[Any, AppliedChange, dict[str, Any]]:
     model = _model(arch)
-    before = _fingerprint(model)
+    before = model_snapshot(model)
     change = apply_fault(model, error_type, env or {}, seed=1)
     return model, change, before
 
@@ -174,7 +160,7 @@ def test_extreme_quant_in_row_chunks_equals_the_definition(monkeypatch: pytest.M
 @pytest.mark.parametrize("arch", ARCHES)
 def test_weight_faults(arch: str) -> None:
     model = _model(arch)
-    before = _fingerprint(model)
+    before = model_snapshot(model)
     originals = {r.key: matrix(model, r).detach().clone() for r in weight_refs(model)}
 
     with apply_fault(model, "extreme_quant", {}) as ch:
@@ -225,7 +211,7 @@ def test_rmt_anisotropy_scenarios(arch: str) -> None:
     originals = {r.key: matrix(model, r).detach().clone() for r in weight_refs(model)}
     for scenario in ("rmt_norm_noise", "rmt_norm_noise_strong"):
         env = _env(scenario)
-        before = _fingerprint(model)
+        before = model_snapshot(model)
         with apply_fault(model, scenario, env, seed=0) as ch:
             md = ch.metadata
             assert md["family"] == "rmt_norm_noise" and md["mode"] == "anisotropy" and md["injected"] is True
@@ -264,7 +250,7 @@ def test_spectral_and_ve_scale_scenarios(arch: str) -> None:
     ):
         env = _env(scenario)
         factor = float(env[factor_key])
-        before = _fingerprint(model)
+        before = model_snapshot(model)
         with apply_fault(model, scenario, env) as ch:
             keys = ch.metadata["modified_params"]
             max_params = int(
@@ -281,7 +267,7 @@ def test_spectral_and_ve_scale_scenarios(arch: str) -> None:
 
 def test_probe_modes_and_layer_targeting() -> None:
     model = _model("llama")
-    before = _fingerprint(model)
+    before = model_snapshot(model)
     env = {"INVARLOCK_RMT_NORM_NOISE_SCALE": "0.2", "INVARLOCK_RMT_NORM_SEED": "3"}
     with apply_fault(model, "rmt_norm_noise", env) as ch:
         assert ch.metadata["mode"] == "norm_noise" and ch.metadata["target_layers"] == [0, 1, 2, 3]
@@ -361,7 +347,7 @@ def test_bad_env_and_names_are_one_line_errors(
     error_type: str, env: dict[str, str], needles: list[str]
 ) -> None:
     model = _model("llama")
-    before = _fingerprint(model)
+    before = model_snapshot(model)
     with pytest.raises(SpecError) as info:
         apply_fault(model, error_type, env)
     assert "\n" not in str(info.value)
@@ -402,7 +388,7 @@ def test_registry_resolution_and_partial_failure_restores() -> None:
     reg.register("half_done", half_done)
     reg.register("does_nothing", does_nothing)
     model = _model("llama")
-    before = _fingerprint(model)
+    before = model_snapshot(model)
     with pytest.raises(RuntimeError, match="injector crashed"):
         apply_fault(model, "half_done_v2", {}, registry=reg)
     _assert_same(model, before)

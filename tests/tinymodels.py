@@ -7,6 +7,7 @@ tokenizer with the ``tokenizers`` library, so save/load round trips work offline
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,21 @@ def save_tiny(model: Any, tokenizer: Any, path: Path) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def model_snapshot(model: Any) -> dict[str, Any]:
+    """Everything a restore must give back: every parameter, buffer and state-dict tensor (by every name it has),
+    the module tree, the config and the weight tying."""
+    from pytest_proofpack.models.adapters import tied_pairs
+
+    return {
+        "tensors": {
+            **{f"p:{k}": v.detach().clone() for k, v in model.named_parameters(remove_duplicate=False)},
+            **{f"b:{k}": v.detach().clone() for k, v in model.named_buffers(remove_duplicate=False)},
+            **{f"s:{k}": v.detach().clone() for k, v in model.state_dict().items()},
+        },
+        "params": [(n, id(p)) for n, p in model.named_parameters(remove_duplicate=False)],
+        "modules": [(n, type(m).__name__, id(m)) for n, m in model.named_modules()],
+        "config": json.dumps(model.config.to_dict(), sort_keys=True, default=str),
+        "tied": tied_pairs(model),
+    }
