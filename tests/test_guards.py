@@ -254,7 +254,38 @@ def test_top_ritz_value_of_a_tridiagonal_matrix() -> None:
 
 
 def _edge_stats(values: dict[str, float], family: str = "ffn") -> dict[str, dict[str, Any]]:
-    return {m: {"family": family, "role": "ffn_down", "r": r, "mean_square": 1.0} for m, r in values.items()}
+    return {m: {"family": family, "role": "ffn_down", "r": r, "mean_square": 1.0, "r_windows": [r]}
+            for m, r in values.items()}
+
+
+def test_rmt_module_change_is_the_median_over_guard_windows() -> None:
+    rng = random.SystemRandom()
+    windows = rng.randrange(3, 8)
+    base_w: list[float | None] = [rng.uniform(1.5, 20.0) for _ in range(windows)]
+    preset = {"rmt": {"epsilon_by_family": {"ffn": {"value": 0.1}}}}
+
+    def stats(values: list[float | None]) -> dict[str, dict[str, Any]]:
+        return {"m": {"family": "ffn", "role": "ffn_down", "r": max(v or 0.0 for v in values), "mean_square": 1.0,
+                      "r_windows": values}}
+
+    # one window's statistic jumps by half (a massive-activation token's artifact): the median ignores it
+    artifact = list(base_w)
+    at = rng.randrange(windows)
+    artifact[at] = 1.5 * float(base_w[at] or 0.0)
+    sec = rmt.compare(stats(base_w), stats(artifact), preset)
+    assert sec["stable"] is True
+    assert sec["shift_by_family"]["ffn"] == pytest.approx(0.0, abs=1e-12)
+    # every window rising 15 %: a structural change, seen in every window -> violation of log(1.15)
+    risen: list[float | None] = [1.15 * float(r or 0.0) for r in base_w]
+    sec = rmt.compare(stats(base_w), stats(risen), preset)
+    assert sec["stable"] is False
+    assert sec["shift_by_family"]["ffn"] == pytest.approx(np.log(1.15))
+    assert sec["top_modules"][0]["window_log_ratios"] == pytest.approx([np.log(1.15)] * windows)
+    # a missing window statistic, or windows that do not pair, are a non-finite module, never a guess
+    missing: list[float | None] = list(risen)
+    missing[0] = None
+    assert rmt.compare(stats(base_w), stats(missing), preset)["violations"][0]["reason"] == "non_finite"
+    assert rmt.compare(stats(base_w), stats(risen[:-1]), preset)["violations"][0]["reason"] == "non_finite"
 
 
 def test_rmt_rule_is_one_sided_per_module_maximum() -> None:
@@ -285,6 +316,7 @@ def test_rmt_rule_is_one_sided_per_module_maximum() -> None:
     broken[victim] = float("nan")
     now = _edge_stats(broken)
     now[victim]["r"] = None
+    now[victim]["r_windows"] = [None]
     assert rmt.compare(_edge_stats(base), now, preset)["violations"][0]["reason"] == "non_finite"
 
 

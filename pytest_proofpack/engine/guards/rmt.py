@@ -4,14 +4,16 @@ Hooks sit on the output of every attention output projection (role ``attn_out``)
 ``ffn_down``; for fused MoE experts, the ``experts`` container), and on the *input* of every two-dimensional MLP
 down projection (role and family ``ffn_act``: the FFN's intermediate activation, where a fault in the up/gate rows
 shows first), one per layer, found through the architecture adapter. The guard windows are full, unpadded rows, so
-no pad-token rows enter the statistic. Each hooked batch yields the edge statistic ``r`` of
-:mod:`~pytest_proofpack.engine.guards.edge_statistic`; batches are combined by token-weighted mean. The same hooks
-record each module's output mean square for the variance guard.
+no pad-token rows enter the statistic. Each guard window (a row of a hooked batch; an activation already flattened
+to tokens counts as one segment per batch) yields its own edge statistic ``r_w`` of
+:mod:`~pytest_proofpack.engine.guards.edge_statistic`; ``r`` is their token-weighted mean. The same hooks record
+each module's output mean square for the variance guard.
 
-Decision, per family, on the **one-sided** log change of each module's statistic, ``d = log(r_now / r_base)``:
-the family's shift is ``max over its modules of max(0, d)``; a family violates iff its shift exceeds
-``epsilon_family`` (preset ``rmt.epsilon_by_family``, else the defaults of :mod:`pytest_proofpack.engine.config`,
-which say why the families differ), or any of its modules has a non-finite ``r_now``. ``rmt_stable`` = no
+Decision, per family, on the **one-sided** change of each module's statistic, ``d = median over the guard windows
+of log(r_now_w / r_base_w)``: the family's shift is ``max over its modules of max(0, d)``; a family violates iff its
+shift exceeds ``epsilon_family`` (preset ``rmt.epsilon_by_family``, else the defaults of
+:mod:`pytest_proofpack.engine.config`, which say why the families differ), or any of its modules has a non-finite
+``r_now``. ``rmt_stable`` = no
 violations.
 
 Why one-sided: ``r`` above 1 measures correlated structure standing out of the Marchenko-Pastur bulk (outlier
@@ -19,12 +21,16 @@ directions, anisotropy); an edit that *adds* structure (blending rows of a proje
 adds noise (a clean quantisation) lowers it, and can lower it by more than a structural fault raises it, so a
 two-sided rule would flag clean edits. Quality loss from noise is the primary metric's job. Why the maximum over
 modules: a fault confined to a few layers moves those modules a lot and the family mean little. Decreases are
-reported (``max_decrease_by_family``, ``top_modules``) but do not gate.
+reported (``max_decrease_by_family``, ``top_modules``) but do not gate. Why the median over windows: the residual
+writers' outputs carry a few massive-activation tokens, and a clean edit that moves one of them moves that window's
+statistic by tens of percent and the others not at all (SmolLM2, FP8 e5m2: +0.43, +0.21, +0.01, +0.08 on one
+module); a structural change shows in every window, so the median keeps it and drops a single window's artifact.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
@@ -56,9 +62,11 @@ ESTIMATOR: Final[dict[str, object]] = {
     "standardisation": "per_feature",
     "edge": "sqrt(m) + sqrt(n)",
     "padding_rows": 0,
-    "batch_combine": "token_weighted_mean",
+    "segments": "one per guard window",
+    "module_change": "median over windows of log(r_now_w / r_base_w)",
 }
-RULE: Final = "family violates iff max over its modules of max(0, log(r_now / r_base)) > epsilon_family"
+RULE: Final = ("family violates iff max over its modules of max(0, median over windows of log(r_now_w / r_base_w)) "
+               "> epsilon_family")
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,9 @@ def recorded_targets(activations: Mapping[str, Mapping[str, Any]]) -> list[Targe
 
 @dataclass
 class _BatchTerms:
-    """One target's terms of each hooked batch: device rows ``[n', mean square, Lanczos coefficients...]`` (turned
-    into floats once at the end) and the batch's token count ``m``."""
+    """One target's terms of each segment (a guard window: one row of a hooked ``[batch, tokens, features]``
+    activation; a flattened activation is one segment): device rows ``[n', mean square, Lanczos coefficients...]``
+    (turned into floats once at the end) and the segment's token count ``m``."""
 
     terms: list[Any] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -124,16 +133,19 @@ class _BatchTerms:
     def add(self, activation: Any) -> None:
         import torch
 
-        coefficients, n_eff, ms, m = edge_terms(activation.detach())
-        self.terms.append(torch.cat([torch.stack([n_eff, ms]), coefficients.double()]))
-        self.tokens.append(m)
+        activation = activation.detach()
+        segments = activation.unbind(0) if activation.dim() >= 3 else (activation,)
+        for segment in segments:
+            coefficients, n_eff, ms, m = edge_terms(segment)
+            self.terms.append(torch.cat([torch.stack([n_eff, ms]), coefficients.double()]))
+            self.tokens.append(m)
 
 
 class Capture(NamedTuple):
     """What one hooked forward of the guard windows yields."""
 
-    #: ``{target key: {r, mean_square}}``
-    stats: dict[str, dict[str, float | None]]
+    #: ``{target key: {r, mean_square, r_windows}}``
+    stats: dict[str, dict[str, Any]]
     #: ``chunk_losses[w][c]``: mean NLL of chunk ``c`` of window ``w`` (see :func:`capture`)
     chunk_losses: list[list[float | None]]
     #: per-window mean NLL, computed exactly as :func:`~pytest_proofpack.engine.metric.window_losses` computes it
@@ -203,31 +215,38 @@ def _forward(model: Any, input_ids: Any, *, batch_size: int, device: str) -> tup
     return losses, means
 
 
-def _token_weighted_stats(terms: Mapping[str, _BatchTerms]) -> dict[str, dict[str, float | None]]:
-    """``{key: {r, mean_square}}``: each target's batches combined by token-weighted mean, after one host transfer
-    of every batch's terms; ``None`` where not finite."""
+def _token_weighted_stats(terms: Mapping[str, _BatchTerms]) -> dict[str, dict[str, Any]]:
+    """``{key: {r, mean_square, r_windows}}``: each target's segments combined by token-weighted mean, and each
+    segment's ``r`` in order, after one host transfer of every segment's terms; ``None`` where not finite."""
     import numpy as np
     import torch
 
     names = [name for name in terms if terms[name].tokens]
     rows = [row for name in names for row in terms[name].terms]
     flat = torch.cat(rows).cpu().numpy() if rows else np.zeros(0)  # the one host transfer
-    stats: dict[str, dict[str, float | None]] = {}
+    stats: dict[str, dict[str, Any]] = {}
     at = 0
     for name in names:
-        r_sum = ms_sum = 0.0
+        r_windows: list[float] = []
+        ms_sum = 0.0
         for row, m in zip(terms[name].terms, terms[name].tokens, strict=True):
             values = flat[at : at + int(row.shape[0])]
             at += int(row.shape[0])
-            r_sum += edge_value(values[2:], float(values[0]), m) * m
+            r_windows.append(edge_value(values[2:], float(values[0]), m))
             ms_sum += float(values[1]) * m
         tokens = float(sum(terms[name].tokens))
-        r, ms = r_sum / tokens, ms_sum / tokens
+        r = sum(v * m for v, m in zip(r_windows, terms[name].tokens, strict=True)) / tokens
+        ms = ms_sum / tokens
         stats[name] = {
-            "r": float(r) if math.isfinite(r) else None,
-            "mean_square": float(ms) if math.isfinite(ms) else None,
+            "r": _finite(r),
+            "mean_square": _finite(ms),
+            "r_windows": [_finite(v) for v in r_windows],
         }
     return stats
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def chunk_means(nll: Any, n_chunks: int) -> list[list[float | None]]:
@@ -266,8 +285,12 @@ class _Changes:
         if r_now is None or r_base is None or r_base <= 0.0 or r_now <= 0.0:
             self.non_finite.setdefault(family, []).append(module)
             return
+        window_ratios = _window_log_ratios(base.get("r_windows"), now.get("r_windows"))
+        if window_ratios is None:
+            self.non_finite.setdefault(family, []).append(module)
+            return
         self.edge_now[family] = max(self.edge_now.get(family, 0.0), float(r_now))
-        log_ratio = math.log(float(r_now) / float(r_base))
+        log_ratio = window_ratios[0] if len(window_ratios) == 1 else float(statistics.median(window_ratios))
         self.log_ratios.setdefault(family, []).append(log_ratio)
         self.rows.append(
             {
@@ -277,6 +300,7 @@ class _Changes:
                 "edge_cur": r_now,
                 "log_ratio": log_ratio,
                 "delta": math.expm1(log_ratio),
+                "window_log_ratios": window_ratios,
             }
         )
 
@@ -299,6 +323,20 @@ class _Changes:
             "delta": math.expm1(shift),
             "modules_over": sum(1 for v in self.log_ratios[family] if v > epsilon),
         }
+
+
+def _window_log_ratios(base: Any, now: Any) -> list[float] | None:
+    """``log(r_now_w / r_base_w)`` per guard window, or ``None`` when a window's statistic is missing, not finite or
+    not positive, or the two sides have different windows (the engine pairs a report with its own baseline's
+    windows, so that is a defect, reported as a non-finite module rather than guessed around)."""
+    if not isinstance(base, list) or not isinstance(now, list) or len(base) != len(now) or not base:
+        return None
+    out: list[float] = []
+    for b, n in zip(base, now, strict=True):
+        if b is None or n is None or not b > 0.0 or not n > 0.0:
+            return None
+        out.append(math.log(float(n) / float(b)))
+    return out
 
 
 def compare(
