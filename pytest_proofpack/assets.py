@@ -39,6 +39,7 @@ __all__ = [
     "asset_dir",
     "cache_root",
     "fetch_asset",
+    "is_fetched",
     "member_matches",
     "require_asset",
     "sha256_file",
@@ -96,6 +97,11 @@ def member_matches(name: str, patterns: Sequence[str]) -> bool:
 
 def _is_complete(directory: Path) -> bool:
     return (directory / MARKER_NAME).is_file()
+
+
+def is_fetched(asset: AssetRef, cache: Path) -> bool:
+    """True when ``asset`` was fetched completely into ``cache`` (what :func:`require_asset` accepts)."""
+    return _is_complete(asset_dir(asset, cache))
 
 
 def _fetch_hint(suite: str) -> str:
