@@ -86,13 +86,16 @@ def _add_fetch(subparsers: _Subparsers) -> None:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    from pytest_proofpack import progress
     from pytest_proofpack.assets import cache_root
     from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.fetch import fetch
 
     catalog = load_catalog(suites=Path(args.suites) if args.suites else None)
     cache = Path(args.cache).expanduser() if args.cache else cache_root()
-    for name, where in fetch(catalog, cache, suite=args.suite, assets=args.asset):
+    with progress.reporting(progress.print_sink()):  # a download (minutes for a model) says so while it runs
+        fetched = fetch(catalog, cache, suite=args.suite, assets=args.asset)
+    for name, where in fetched:
         print(f"{name}: {where}")
     return 0
 

