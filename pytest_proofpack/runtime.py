@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from filelock import FileLock
 
-from pytest_proofpack import ENGINE_VERSION
+from pytest_proofpack import ENGINE_VERSION, progress
 from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
 from pytest_proofpack.results import atomic_write_json, atomic_write_text, read_json_object
 from pytest_proofpack.shared_cache import load_or_compute, shared_parts, stable_digest
@@ -151,11 +151,12 @@ class ModelRuntime:
                 else self.entry
             from pytest_proofpack.scheduling.gpus import device_map_for_process
 
-            self._loaded = load_model(
-                entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
-                device=self.engine.device, dtype=self.ctx.options.dtype, allow_net=self.ctx.options.net,
-                device_map=device_map_for_process(self.engine.device),  # a multi-GPU reservation's subprocess
-            )
+            with progress.phase("load", subject=self.entry.key):
+                self._loaded = load_model(
+                    entry, cache=self.ctx.cache, assets=self.ctx.catalog.assets, suite=self.ctx.suite.name,
+                    device=self.engine.device, dtype=self.ctx.options.dtype, allow_net=self.ctx.options.net,
+                    device_map=device_map_for_process(self.engine.device),  # a multi-GPU reservation's subprocess
+                )
             self.ctx.timings[f"load:{self.entry.key}"] = time.perf_counter() - t0
         return self._loaded
 
@@ -169,12 +170,15 @@ class ModelRuntime:
 
             providers = self.ctx.registries.providers
             spec = DatasetSpec.from_mapping(self.ctx.dataset, "dataset", providers)
-            corpus = load_text(spec, cache=self.ctx.cache, assets=self.ctx.catalog.assets,
-                               suite=self.ctx.suite.name, allow_net=self.ctx.options.net,
-                               base_dir=self.ctx.catalog.paths["suites"].parent, isolate=True, providers=providers)
-            self.corpus_desc = corpus.source_desc
-            self.corpus_digest = corpus.digest
-            self._tokens = tokenize_corpus(corpus, self.loaded.tokenizer, cache=self.ctx.cache, isolate=True)
+            tokenizer = self.loaded.tokenizer
+            with progress.subject(self.entry.key):  # reading and tokenizing report themselves on a cache miss
+                corpus = load_text(spec, cache=self.ctx.cache, assets=self.ctx.catalog.assets,
+                                   suite=self.ctx.suite.name, allow_net=self.ctx.options.net,
+                                   base_dir=self.ctx.catalog.paths["suites"].parent, isolate=True,
+                                   providers=providers)
+                self.corpus_desc = corpus.source_desc
+                self.corpus_digest = corpus.digest
+                self._tokens = tokenize_corpus(corpus, tokenizer, cache=self.ctx.cache, isolate=True)
         return self._tokens
 
     def make_windows(self, seed: int, pool: str = "evaluation") -> tuple[WindowSet, WindowSet]:
@@ -234,10 +238,13 @@ class ModelRuntime:
 
             preview, final = self.windows(run)
             t0 = time.perf_counter()
-            data = self._cached(
-                "baselines", self.baseline_digest(run),
-                lambda: prepare_baseline(self.model, preview, final, self.engine).to_json(),
-            )
+
+            def compute() -> dict[str, Any]:
+                with progress.phase("baseline", subject=self.entry.key, detail=f"run {run}"):
+                    state: dict[str, Any] = prepare_baseline(self.model, preview, final, self.engine).to_json()
+                    return state
+
+            data = self._cached("baselines", self.baseline_digest(run), compute)
             self._baselines[run] = BaselineState.from_json(data)
             self.ctx.timings[f"baseline:{self.entry.key}:{run}"] = time.perf_counter() - t0
         return self._baselines[run]
@@ -280,10 +287,11 @@ class ModelRuntime:
             t0 = time.perf_counter()
             found = read_json_object(self.ctx.cache / "presets" / f"{digest}.json")
             if found is None:
-                # The runs are shared out first (no preset lock held), then one worker assembles the preset.
-                parts = self._calibration_parts(digest, runs, plan)
-                base = self.baseline()  # before the preset lock: never wait for a baseline while holding it
-                found = self._cached("presets", digest, lambda: self._assemble_preset(parts, base))
+                with progress.phase("calibrate", subject=self.entry.key, total=runs) as phase:
+                    # The runs are shared out first (no preset lock held), then one worker assembles the preset.
+                    parts = self._calibration_parts(digest, runs, plan, phase.advance)
+                    base = self.baseline()  # before the preset lock: never wait for a baseline while holding it
+                    found = self._cached("presets", digest, lambda: self._assemble_preset(parts, base))
             preset = found
             self.ctx.timings[f"calibration:{self.entry.key}"] = time.perf_counter() - t0
         self._publish_preset(preset)
@@ -302,7 +310,8 @@ class ModelRuntime:
 
         return ModelTuning(self)
 
-    def _calibration_parts(self, digest: str, runs: int, plan: BenignPlan) -> list[dict[str, Any]]:
+    def _calibration_parts(self, digest: str, runs: int, plan: BenignPlan,
+                           on_done: Callable[[int], None]) -> list[dict[str, Any]]:
         from pytest_proofpack.calibration import calibration_run
 
         # Calibration windows come from their own pool of chunks, so no scenario is judged on the very windows its
@@ -311,7 +320,7 @@ class ModelRuntime:
             return calibration_run(self.model, lambda seed: self.make_windows(seed, "calibration"), self.engine, i,
                                    benign=plan, benign_per_run=plan.per_run)
 
-        return shared_parts(self.ctx.cache / "presets" / f"{digest}.runs", runs, run)
+        return shared_parts(self.ctx.cache / "presets" / f"{digest}.runs", runs, run, on_done)
 
     def _assemble_preset(self, parts: list[dict[str, Any]], base: Any) -> dict[str, Any]:
         from pytest_proofpack.calibration import assemble

@@ -39,13 +39,14 @@ def load_or_compute(
         lock.release()
 
 
-def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
+def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any]],
+                 on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Items ``0..n-1``, each computed once across processes and kept as ``<directory>/part_<i>.json``.
 
     A first pass takes every item that no other process holds (a non-blocking FileLock per item) and computes it
     unless it is on disk; a second pass waits for the items that were held and reads them. Workers that reach the
     same uncalibrated model together therefore split its calibration runs instead of one computing them all while
-    the others wait.
+    the others wait. ``on_done(k)`` is called each time this process has ``k`` of the ``n`` items (progress).
     """
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[int, dict[str, Any]] = {}
@@ -55,6 +56,8 @@ def shared_parts(directory: Path, n: int, compute: Callable[[int], dict[str, Any
                 got = load_or_compute(directory / f"part_{i}.json", functools.partial(compute, i), blocking=blocking)
                 if got is not None:
                     out[i] = got
+                    if on_done is not None:
+                        on_done(len(out))
     return [out[i] for i in range(n)]
 
 

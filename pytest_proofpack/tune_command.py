@@ -53,7 +53,9 @@ def run_tune(args: argparse.Namespace) -> int:
     models = catalog.resolve_models(suite, keys, env={})
     out = Path(args.out)
     document = _existing(out)
-    with tempfile.TemporaryDirectory(prefix="proofpack_tune_") as scratch:
+    from pytest_proofpack import progress
+
+    with tempfile.TemporaryDirectory(prefix="proofpack_tune_") as scratch, progress.reporting(progress.print_sink()):
         for entry in models:
             measured = _tune_model(args, catalog, suite, entry, Path(scratch))
             document["models"][entry.key] = measured

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION
+from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION, progress
 from pytest_proofpack.results import atomic_write_json
 from pytest_proofpack.shared_cache import load_or_compute, shared_parts, stable_digest
 
@@ -144,15 +144,16 @@ class ModelTuning:
         cfg, edits = runtime.engine, runtime.ctx.registries.edits
         directory = runtime.ctx.cache / "tuning" / self.digest()
         directory.mkdir(parents=True, exist_ok=True)
-        base = load_or_compute(directory / "baseline.json", lambda: {
-            "losses": window_losses(runtime.model, windows, batch_size=cfg.batch_size, device=cfg.device)})
-        assert base is not None, "a blocking load_or_compute returns or raises"
+        with progress.phase("tune", subject=runtime.entry.key, total=len(kinds)) as phase:
+            base = load_or_compute(directory / "baseline.json", lambda: {
+                "losses": window_losses(runtime.model, windows, batch_size=cfg.batch_size, device=cfg.device)})
+            assert base is not None, "a blocking load_or_compute returns or raises"
 
-        def tune(i: int) -> dict[str, Any]:
-            return tune_kind(runtime.model, kinds[i], windows, base["losses"], cfg, base_scope=scopes[kinds[i]],
-                             registry=edits)
+            def tune(i: int) -> dict[str, Any]:
+                return tune_kind(runtime.model, kinds[i], windows, base["losses"], cfg,
+                                 base_scope=scopes[kinds[i]], registry=edits)
 
-        return shared_parts(directory, len(kinds), tune)
+            return shared_parts(directory, len(kinds), tune, phase.advance)
 
     def _publish(self, measured: Mapping[str, Any]) -> None:
         runtime = self.runtime

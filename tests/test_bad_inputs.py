@@ -339,7 +339,7 @@ def test_broken_model_directories_error_with_bad_input(pytester: pytest.Pytester
 @pytest.fixture(scope="module")
 def signed_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = make_run_dir(tmp_path_factory.mktemp("bad_packs") / "run", models=("m1",))
-    assert cli_main(["report", str(run_dir)]) == 0
+    assert cli_main(["report", "--rebuild", str(run_dir)]) == 0
     return run_dir / "proof_pack"
 
 

@@ -18,7 +18,7 @@ from pytest_proofpack.cli import build_parser, main
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = make_run_dir(tmp_path_factory.mktemp("cli") / "run", models=("m1",))
-    assert main(["report", str(run_dir)]) == 0
+    assert main(["report", "--rebuild", str(run_dir)]) == 0
     return run_dir / "proof_pack"
 
 
@@ -78,11 +78,11 @@ def test_merge_and_report_subcommands(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["merge", str(a), str(c), "--out", str(tmp_path / "ac")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config_digest differs" in err and "Traceback" not in err
-    # report on a failing run: exit 1, results/ written in the run dir, matrix printed
+    # report --rebuild on a failing run: exit 1, results/ written in the run dir, matrix printed
     report = json.loads((a / "reports/m1/fp8_e5m2_clean/run_1/evaluation.report.json").read_text())
     report["validation"]["spectral_stable"] = False
     (a / "reports/m1/fp8_e5m2_clean/run_1/evaluation.report.json").write_text(json.dumps(report))
-    assert main(["report", str(a)]) == 1
+    assert main(["report", "--rebuild", str(a)]) == 1
     out = capsys.readouterr().out
     assert "verdict FAIL" in out and "clean_all_pass" in out
     assert any(line.startswith("fp8_e5m2_clean") and " F " in line for line in out.splitlines())

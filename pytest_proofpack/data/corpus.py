@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from pytest_proofpack import progress
 from pytest_proofpack.data.child_process import run_child
 from pytest_proofpack.data.registry import DatasetSpec, Provider, ProviderRegistry, get_provider
 from pytest_proofpack.data.spec import LoadContext
@@ -141,6 +142,12 @@ def _check_not_empty(spec: DatasetSpec, docs: Sequence[str], desc: str) -> None:
 
 def _load_documents(provider: Provider, spec: DatasetSpec, ctx: LoadContext, isolate: bool) -> tuple[list[str], str]:
     """``provider.load(spec, ctx)``, in a child interpreter when ``isolate`` and the provider is built in."""
+    with progress.phase("corpus", detail=spec.provider):
+        return _load_documents_now(provider, spec, ctx, isolate)
+
+
+def _load_documents_now(provider: Provider, spec: DatasetSpec, ctx: LoadContext,
+                        isolate: bool) -> tuple[list[str], str]:
     if not isolate or not provider.is_builtin:
         return provider.load(spec, ctx)
     loaded, why = _load_in_child(spec, ctx)
@@ -148,7 +155,7 @@ def _load_documents(provider: Provider, spec: DatasetSpec, ctx: LoadContext, iso
         return loaded
     result = provider.load(spec, ctx)  # a real error (a missing asset, no file) is raised here, clearly
     warnings.warn(f"loading the corpus in a child process failed ({why}); loaded it in this process",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=4)
     return result
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from pytest_proofpack import progress
 from pytest_proofpack.data.child_process import run_child
 from pytest_proofpack.data.corpus import CorpusText
 
@@ -72,16 +73,18 @@ def tokenize_corpus(
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return _load_tokens(path)
-        if isolate:
-            why = _tokenize_in_child(path, corpus.docs, tokenizer, eos)
-            if why is None:
-                return _load_tokens(path)
-            # The child could not do it (an unpicklable tokenizer, a failed import): the same result, made here.
-            warnings.warn(f"tokenizing the corpus in a child process failed ({why}); tokenizing in this process",
-                          RuntimeWarning, stacklevel=2)
-        arr = _token_stream(corpus.docs, tokenizer, eos)
-        _write_tokens(path, arr)
-        return arr
+        n_docs = len(corpus.docs)
+        with progress.phase("tokenize", detail=f"{n_docs} document{'s' if n_docs != 1 else ''}"):
+            if isolate:
+                why = _tokenize_in_child(path, corpus.docs, tokenizer, eos)
+                if why is None:
+                    return _load_tokens(path)
+                # The child could not do it (an unpicklable tokenizer, a failed import): the same result, made here.
+                warnings.warn(f"tokenizing the corpus in a child process failed ({why}); tokenizing in this "
+                              "process", RuntimeWarning, stacklevel=2)
+            arr = _token_stream(corpus.docs, tokenizer, eos)
+            _write_tokens(path, arr)
+            return arr
 
 
 def _encode(tok: Any, text: str) -> list[int]:

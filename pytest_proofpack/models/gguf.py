@@ -18,6 +18,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from pytest_proofpack import progress
 from pytest_proofpack.assets import require_asset, sha256_file
 from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
@@ -80,13 +81,14 @@ def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False) -> P
     with FileLock(str(out) + ".lock"):
         if (out / _CONVERTED_MARKER).is_file():
             return out
-        tokenizer, quantized = _read_gguf(gguf, trust_remote_code)
-        model = _unquantised_model(quantized, trust_remote_code)
-        del quantized
-        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise ModelLoadError(f"{gguf}: conversion left tensors without values: {', '.join(left[:5])}")
-        _save_converted(model, tokenizer, gguf, out)
+        with progress.phase("convert", detail=gguf.name):
+            tokenizer, quantized = _read_gguf(gguf, trust_remote_code)
+            model = _unquantised_model(quantized, trust_remote_code)
+            del quantized
+            left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+            if left:
+                raise ModelLoadError(f"{gguf}: conversion left tensors without values: {', '.join(left[:5])}")
+            _save_converted(model, tokenizer, gguf, out)
     return out
 
 
