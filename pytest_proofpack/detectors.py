@@ -5,7 +5,8 @@ detector dicts keyed by ``kind`` (the reference harness vocabulary, so its scena
 
 - ``validation_flag{flag, expected}``: ``validation[flag]`` exists and equals ``expected``;
 - ``primary_metric{field, expected}``: ``primary_metric[field]`` exists and equals ``expected``;
-- ``invariants_status{allowed[]}``: lower-cased ``invariants.status`` is in ``allowed``;
+- ``invariants_status{allowed[]}``: lower-cased ``invariants.status`` is in ``allowed``, which may not name
+  ``error`` (:data:`GUARD_ERROR_STATUS`): a guard that raises makes the run an error, never a detection;
 - ``rmt_probe{field, expected}``: ``rmt_probe[field]`` exists and equals ``expected``;
 - ``spectral_caps_applied{min}``: ``int(spectral.caps_applied) >= min``;
 - ``ve_probe{field, expected | min}``: ``ve_probe[field]`` equals ``expected``, or is ``>= min``.
@@ -26,6 +27,7 @@ from pytest_proofpack.errors import CatalogError
 
 __all__ = [
     "DETECTOR_FIELDS",
+    "GUARD_ERROR_STATUS",
     "DetectorOutcome",
     "DetectorRow",
     "as_bool",
@@ -46,6 +48,9 @@ DETECTOR_FIELDS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "spectral_caps_applied": (("min",), ()),
     "ve_probe": (("field",), ("expected", "min")),
 }
+#: A guard's error status. No detector may name it and none ever hits on it: a guard that raises is an error of the
+#: run (class ``internal``), not evidence that a change was detected.
+GUARD_ERROR_STATUS: Final = "error"
 # Free-text keys a catalog author may add without changing semantics.
 _COMMENT_KEYS: Final = frozenset({"description", "note"})
 _TRUE_STRINGS: Final = frozenset({"1", "true", "yes", "on", "pass"})
@@ -137,6 +142,17 @@ def _allowed_states(kind: str, d: Mapping[str, Any]) -> str | None:
     return f"invariants_status.allowed must be a non-empty list of strings, got {states!r}"
 
 
+def _guard_error_status(d: Mapping[str, Any]) -> str | None:
+    """The problem of a detector that would count a guard's error status as a detection, with the fix."""
+    states = d.get("allowed") if d.get("kind") == "invariants_status" else None
+    if not isinstance(states, list) or not any(str(s).strip().lower() == GUARD_ERROR_STATUS for s in states):
+        return None
+    kept = [s for s in states if str(s).strip().lower() != GUARD_ERROR_STATUS] or ["fail"]
+    return (f"invariants_status.allowed names {GUARD_ERROR_STATUS!r}, the guard's error status; a guard that "
+            "raises makes the run an error (class internal), never a detection, so detect the change by the "
+            f"guard's own verdict: allowed {kept!r}")
+
+
 #: The checks of a detector of a known kind, in order; each returns its problem or ``None``.
 _FIELD_CHECKS: Final = (_unknown_fields, _missing_fields, _one_threshold, _names, _expected, _minimum, _allowed_states)
 
@@ -152,10 +168,14 @@ def _detector_problem(d: object) -> str | None:
 
 def validate_detector(d: object, where: str) -> None:
     """Check one detector dict; raise :class:`CatalogError` with one line: ``where``, the first problem and
-    the accepted kinds/fields."""
+    the accepted kinds/fields, or the fix of a detector that names a guard's error status."""
     problem = _detector_problem(d)
     if problem is not None:
         raise CatalogError(f"{where}: {problem}; accepted detectors: {_accepted()}")
+    assert isinstance(d, Mapping)
+    problem = _guard_error_status(d)
+    if problem is not None:
+        raise CatalogError(f"{where}: {problem}")
 
 
 def _section(report: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -171,7 +191,7 @@ def evaluate_detector(detector: Mapping[str, Any], report: Mapping[str, Any]) ->
         status = _section(report, "invariants").get("status")
         if not isinstance(status, str):
             return False, _MISSING if status is None else status
-        allowed = {str(s).strip().lower() for s in detector.get("allowed") or []}
+        allowed = {str(s).strip().lower() for s in detector.get("allowed") or []} - {GUARD_ERROR_STATUS}
         return status.strip().lower() in allowed, status
     if kind == "spectral_caps_applied":
         caps = as_float(_section(report, "spectral").get("caps_applied"))

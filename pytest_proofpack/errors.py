@@ -66,11 +66,31 @@ class PackError(ProofpackError):
         self.exit_code = exit_code
 
 
+class GuardError(Exception):
+    """A guard raised while judging a subject: the run is an error of class ``internal``, never a detection.
+
+    Not a :class:`ProofpackError`: nothing the user wrote caused it, so the guard's own traceback (chained as
+    ``__cause__``) is shown. ``guard`` names the guard; the message names it and the exception.
+    """
+
+    error_class = "internal"
+
+    def __init__(self, guard: str, detail: str) -> None:
+        super().__init__(f"guard {guard} raised {detail}"[:500])
+        self.guard = guard
+
+    @classmethod
+    def wrapping(cls, guard: str, exc: BaseException) -> GuardError:
+        """The error for ``exc`` raised by ``guard``: its type and the first line of its message."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return cls(guard, f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+
+
 class ScenarioTimeout(BaseException):
     """A scenario ran past ``--proofpack-timeout``.
 
     A :class:`BaseException`, like :class:`KeyboardInterrupt`: the alarm lands wherever the scenario happens to
-    be, and an ``except Exception`` there (a guard's fail-closed handler, a library's import fallback) must not
+    be, and an ``except Exception`` there (the guard chain's handler, a library's import fallback) must not
     swallow it and let the scenario carry on as if the deadline had not passed.
     """
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_proofpack.deadline import uninterrupted
-from pytest_proofpack.errors import EngineUnavailableError, ProofpackError
+from pytest_proofpack.detectors import GUARD_ERROR_STATUS
+from pytest_proofpack.errors import EngineUnavailableError, GuardError, ProofpackError
 from pytest_proofpack.scheduling.gpus import RESERVED_DEVICES_ENV
 
 if TYPE_CHECKING:
@@ -170,6 +171,11 @@ def repeat_spread(report: Mapping[str, Any], repeats: list[dict[str, Any]]) -> d
 
 
 def normalise(result: Any, case: Case) -> CaseResult:
+    """The engine's result as a :class:`CaseResult` with the report's identity filled in.
+
+    Raises :class:`ProofpackError` for a report without ``validation``, and :class:`GuardError` for one whose
+    ``invariants.status`` is a guard's error status: an engine's guard error is an error of the run, not a verdict.
+    """
     if isinstance(result, Mapping):
         report, sidecars = dict(result), {}
     else:
@@ -177,6 +183,10 @@ def normalise(result: Any, case: Case) -> CaseResult:
     if not isinstance(report.get("validation"), Mapping):
         raise ProofpackError(f"the evaluation of {case.model.key}:{case.scenario.id} returned a report without a "
                              "'validation' object; an engine must return the report fields listed in the README")
+    invariants = report.get("invariants")
+    status = invariants.get("status") if isinstance(invariants, Mapping) else None
+    if isinstance(status, str) and status.strip().lower() == GUARD_ERROR_STATUS:
+        raise GuardError("invariants", f"an error: the engine's report gives invariants.status {status!r}")
     report.setdefault("model", case.model.key)
     report.setdefault("scenario", case.scenario.id)
     report.setdefault("run", case.run)

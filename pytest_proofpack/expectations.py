@@ -108,7 +108,7 @@ def guard_flags(report: Mapping[str, Any]) -> dict[str, bool]:
     validation = _section(report, "validation")
     status = _section(report, "invariants").get("status")
     status_l = status.strip().lower() if isinstance(status, str) else ""
-    inv_fail = _explicit_false(validation, "invariants_pass") or status_l in ("fail", "error")
+    inv_fail = _explicit_false(validation, "invariants_pass") or status_l == "fail"
     inv_warn = status_l == "warn"
     pm = _section(report, "primary_metric")
     pm_flag = (

@@ -37,7 +37,8 @@ def pytest_proofpack_evaluate(
     ``change`` is the edit/fault metadata (``None`` for a baseline evaluation). Return an object with
     ``report: dict`` and ``sidecars: dict[str, dict]`` (such as :class:`EvaluationResult`) or a plain report dict.
     The report must carry the fields the scenario detectors read (``validation.*``, ``primary_metric.*``,
-    ``invariants.status``, ``spectral.caps_applied`` …; see README "Report"). Raise to make the scenario an error.
+    ``invariants.status``, ``spectral.caps_applied`` …; see README "Report"). Raise to make the scenario an error;
+    a guard that cannot judge must raise too (an ``invariants.status`` of ``error`` is itself made an error).
     """
 
 

@@ -27,7 +27,7 @@ import yaml
 from filelock import FileLock
 
 from pytest_proofpack import ENGINE_VERSION, progress
-from pytest_proofpack.errors import OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
+from pytest_proofpack.errors import GuardError, OptionError, ProofpackError, RemoteScenarioError, ScenarioTimeout
 from pytest_proofpack.results import atomic_write_json, atomic_write_text, read_json_object
 from pytest_proofpack.shared_cache import load_or_compute, shared_parts, stable_digest
 
@@ -373,7 +373,7 @@ def _mkdir_lock(path: Path) -> FileLock:
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
     """``(error_class, one-line message)`` decided from the exception's type, never from log text."""
-    if isinstance(exc, ProofpackError):
+    if isinstance(exc, ProofpackError | GuardError):
         return exc.error_class, str(exc)
     if isinstance(exc, RemoteScenarioError):
         return exc.described

@@ -2,9 +2,10 @@
 
 The test engine (:data:`ORACLE_CONFTEST`) is a ``pytest_proofpack_evaluate`` implementation that returns
 schema-complete report dictionaries describing an ideal detector, except for the scenario ids listed in
-``PROOFPACK_TEST_MISS`` (comma-separated), which it gets wrong. It lets the plugin's mechanics (collection,
-xdist, ``-k``, ``--lf``, JUnit, verdict, pack) be tested exactly, independently of the engine's numerics; the
-real engine is tested on real models elsewhere.
+``PROOFPACK_TEST_MISS`` (comma-separated), which it gets wrong, in ``PROOFPACK_TEST_GUARD_RAISES``, whose guard
+raises, and in ``PROOFPACK_TEST_GUARD_ERROR_STATUS``, whose report gives the invariants guard's error status. It
+lets the plugin's mechanics (collection, xdist, ``-k``, ``--lf``, JUnit, verdict, pack) be tested exactly,
+independently of the engine's numerics; the real engine is tested on real models elsewhere.
 """
 
 from __future__ import annotations
@@ -77,9 +78,15 @@ ORACLE_CONFTEST = r'''
 import os
 import pytest
 
+def _ids(name):
+    return set(filter(None, os.environ.get(name, "").split(",")))
+
 def _report(case, change):
     sc = case.scenario
-    miss = set(filter(None, os.environ.get("PROOFPACK_TEST_MISS", "").split(",")))
+    if sc.id in _ids("PROOFPACK_TEST_GUARD_RAISES"):
+        from pytest_proofpack.errors import GuardError
+        raise GuardError.wrapping("spectral", RuntimeError("oracle guard exploded"))
+    miss = _ids("PROOFPACK_TEST_MISS")
     ok = sc.id not in miss
     v = {"primary_metric_acceptable": True, "preview_final_drift_acceptable": True, "invariants_pass": True,
          "spectral_stable": True, "rmt_stable": True}
@@ -110,6 +117,8 @@ def _report(case, change):
     report = {"schema": "proofpack_report_v1", "validation": v, "primary_metric": pm, "invariants": inv,
               "spectral": spectral, "rmt": {"stable": v["rmt_stable"]}, "variance": {}, "edit": change}
     report.update(extra)
+    if sc.id in _ids("PROOFPACK_TEST_GUARD_ERROR_STATUS"):
+        report["invariants"] = {"status": "error", "failures": []}
     with open(os.environ["PROOFPACK_TEST_LOG"], "a") as fh:
         fh.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'master')} {case.model.key} {sc.id} {case.run}\n")
     return report

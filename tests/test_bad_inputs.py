@@ -99,6 +99,11 @@ USAGE_CASES = [
      "unknown detector kind 'validation_flags'", True),
     ("scn-detector-missing-field", {"scenarios": "scenarios_detector_missing_field.json"}, (), {}, 4,
      "requirements.detectors_any_of[0]: validation_flag detector lacks field 'expected'", True),
+    ("scn-guard-error-detector", {"scenarios": "scenarios_guard_error_detector.json"}, (), {}, 4,
+     "scenarios_guard_error_detector.json: $.scenarios[2] (nan_fault).requirements.detectors_any_of[0]: "
+     "invariants_status.allowed names 'error', the guard's error status; a guard that raises makes the run an "
+     "error (class internal), never a detection, so detect the change by the guard's own verdict: allowed "
+     "['fail']", True),
     ("scn-must-detect-no-detectors", {"scenarios": "scenarios_must_detect_no_detectors.json"}, (), {}, 4,
      "$.scenarios[2] (nan_fault).requirements: a must_detect scenario needs detectors_any_of or detectors_all_of",
      True),

@@ -91,8 +91,35 @@ def test_primary_metric_detector() -> None:
 
 
 def test_invariants_status_is_case_insensitive() -> None:
-    det = {"kind": "invariants_status", "allowed": ["fail", "ERROR"]}
-    assert evaluate_detector(det, _report(invariants__status="Error")) == (True, "Error")
+    det = {"kind": "invariants_status", "allowed": ["FAIL", "warn"]}
+    assert evaluate_detector(det, _report(invariants__status="Fail")) == (True, "Fail")
+    assert evaluate_detector(det, _report(invariants__status="WARN"))[0] is True
+    assert evaluate_detector(det, _report(invariants__status="pass"))[0] is False
+    assert evaluate_detector(det, _report(invariants={}))[0] is False
+
+
+@pytest.mark.parametrize("spelling", ["error", "ERROR", " Error "])
+def test_a_guard_error_status_is_never_a_detection(spelling: str) -> None:
+    """A guard that raises makes the run an error; a detector may not name its status, and never hits on it."""
+    det = {"kind": "invariants_status", "allowed": ["fail", spelling]}
+    where = f"scenarios.json: $.scenarios[{random.randint(0, 30)}] (nan_injection).requirements.detectors_any_of[0]"
+    with pytest.raises(CatalogError) as info:
+        validate_detector(det, where)
+    assert str(info.value) == (
+        f"{where}: invariants_status.allowed names 'error', the guard's error status; a guard that raises makes "
+        "the run an error (class internal), never a detection, so detect the change by the guard's own verdict: "
+        "allowed ['fail']"
+    )
+    assert evaluate_detector(det, _report(invariants__status="error")) == (False, "error")
+    report = _report(invariants__status="error", validation__invariants_pass=False)
+    scenario = {"id": "nan_injection", "strictness": "must_detect", "primary_guard": "invariants",
+                "requirements": {"detectors_any_of": [det]}}
+    judgement = judge(scenario, report)
+    assert not judgement.detectors_hit and not judgement.ok
+
+
+def test_invariants_status_fail_only() -> None:
+    det = {"kind": "invariants_status", "allowed": ["fail"]}
     assert evaluate_detector(det, _report(invariants__status="fail"))[0] is True
     assert evaluate_detector(det, _report(invariants__status="warn"))[0] is False
     assert evaluate_detector(det, _report(invariants={}))[0] is False
@@ -185,7 +212,7 @@ def test_validate_detector_accepts_reference_shapes() -> None:
     for det in (
         {"kind": "validation_flag", "flag": "primary_metric_acceptable", "expected": False},
         {"kind": "primary_metric", "field": "degraded", "expected": True},
-        {"kind": "invariants_status", "allowed": ["warn", "fail", "error"]},
+        {"kind": "invariants_status", "allowed": ["warn", "fail"]},
         {"kind": "rmt_probe", "field": "stable", "expected": False},
         {"kind": "spectral_caps_applied", "min": 3},
         {"kind": "ve_probe", "field": "proposed_scales", "min": 1},

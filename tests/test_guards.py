@@ -1,5 +1,5 @@
-"""Guards on tiny from-config models: clean passes, each injected fault trips its guard, errors fail
-closed."""
+"""Guards on tiny from-config models: clean passes, each injected fault trips its guard, a guard that raises
+makes the run an error."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from pytest_proofpack.engine.guards import rmt, spectral, variance
 from pytest_proofpack.engine.guards.edge_statistic import edge_and_mean_square, top_ritz_value
 from pytest_proofpack.engine.metric import window_losses
 from pytest_proofpack.engine.report import REPORT_FILE, check_report, write_report
+from pytest_proofpack.errors import GuardError
 from pytest_proofpack.models.adapters import matrix, weight_refs
+from pytest_proofpack.runtime import describe_error
 
 CFG = EngineConfig(bootstrap_replicates=300, guard_windows=4, batch_size=4)
 CTX: dict[str, object] = {"model": "tiny", "scenario": "t", "run": 1, "edit": None, "probes": ["rmt", "ve"]}
@@ -387,21 +389,38 @@ def test_ve_signal_needs_a_gain_whose_ci_excludes_zero(
     assert quiet["signal_reasons"] == ["insufficient_scales"]
 
 
-def test_raising_guard_is_an_error_never_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("guard", "module", "name"),
+    [("invariants", "inv", "validate"), ("spectral", "spectral", "measure"), ("rmt", "rmt", "capture"),
+     ("rmt", "rmt", "compare"), ("variance", "variance", "assess")],
+)
+def test_raising_guard_makes_the_run_an_internal_error(
+    monkeypatch: pytest.MonkeyPatch, guard: str, module: str, name: str
+) -> None:
+    model = tiny_llama()
+    base, p, f = _setup(model)
+    word = f"exploded-{random.SystemRandom().randrange(10**6)}"
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError(f"{word}\nsecond line")
+
+    monkeypatch.setattr({"inv": inv, "spectral": spectral, "rmt": rmt, "variance": variance}[module], name, boom)
+    with pytest.raises(GuardError) as info:
+        evaluate(model, base, p, f, {}, CFG, context=CTX)
+    assert info.value.guard == guard and isinstance(info.value.__cause__, RuntimeError)
+    assert describe_error(info.value) == ("internal", f"guard {guard} raised RuntimeError: {word}")
+
+
+def test_guard_out_of_memory_propagates_for_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_llama()
     base, p, f = _setup(model)
 
-    def boom(*_a: Any, **_k: Any) -> Any:
-        raise RuntimeError("guard exploded")
+    def oom(*_a: Any, **_k: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(inv, "validate", boom)
-    monkeypatch.setattr(spectral, "measure", boom)
-    rep = evaluate(model, base, p, f, {}, CFG, context=CTX).report
-    assert rep["invariants"]["status"] == "error"
-    assert rep["validation"]["invariants_pass"] is False
-    assert rep["validation"]["spectral_stable"] is False
-    assert "guard exploded" in rep["spectral"]["error"]
-    assert rep["validation"]["primary_metric_acceptable"] is True  # the metric itself still ran
+    monkeypatch.setattr(spectral, "measure", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate(model, base, p, f, {}, CFG, context=CTX)
 
 
 def test_report_files_are_strict_json_with_sidecars(tmp_path: Path) -> None:

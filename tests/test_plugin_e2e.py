@@ -17,7 +17,8 @@ from e2e_support import N_SCENARIOS, ORACLE_CONFTEST, write_suite
 def suite_args(pytester: pytest.Pytester, model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     pytester.makeconftest(ORACLE_CONFTEST)
     monkeypatch.setenv("PROOFPACK_TEST_LOG", str(pytester.path / "calls.log"))
-    monkeypatch.delenv("PROOFPACK_TEST_MISS", raising=False)
+    for name in ("PROOFPACK_TEST_MISS", "PROOFPACK_TEST_GUARD_RAISES", "PROOFPACK_TEST_GUARD_ERROR_STATUS"):
+        monkeypatch.delenv(name, raising=False)
     return write_suite(pytester.path, model_dirs)
 
 
@@ -75,6 +76,28 @@ def test_missed_detection_fails_the_test_and_the_verdict_then_lf_resumes(
     assert verdict["verdict"] == "FAIL"
     assert [r["requirement"] for r in verdict["failed_requirements"]] == ["scenario_coverage"]
     assert result.ret == 1
+
+
+def test_a_guard_error_is_an_internal_error_never_a_detection(
+    pytester: pytest.Pytester, suite_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROOFPACK_TEST_GUARD_RAISES", "nan_injection")
+    monkeypatch.setenv("PROOFPACK_TEST_GUARD_ERROR_STATUS", "inf_injection")
+    result = pytester.runpytest_subprocess(*suite_args, "-k", "tiny-a and (nan_injection or inf_injection or shape_m)")
+    result.assert_outcomes(passed=1, errors=2, deselected=2 * N_SCENARIOS - 3)
+    records = pytester.path / "run" / "records" / "tiny-a"
+    messages = {
+        "nan_injection": "guard spectral raised RuntimeError: oracle guard exploded",
+        "inf_injection": "guard invariants raised an error: the engine's report gives invariants.status 'error'",
+    }
+    for sid, message in messages.items():
+        record = json.loads((records / sid / "run_1.json").read_text())
+        assert (record["outcome"], record["error_class"], record["error_message"]) == ("error", "internal", message)
+    verdict = _verdict(pytester)
+    assert verdict["counts"]["error_injection_detected"] == 1  # shape_mismatch only
+    missing = {c["scenario"]: c["reason"] for c in verdict["missing"]["cases"] if c["model"] == "tiny-a"}
+    assert missing["nan_injection"] == f"error: internal: {messages['nan_injection']}"
+    assert verdict["detection_matrix"]["cells"]["tiny-a"]["inf_injection"]["outcome"] == "missing"
 
 
 def test_selection_by_marker_and_keyword(pytester: pytest.Pytester, suite_args: list[str]) -> None:

@@ -64,8 +64,8 @@ def _scn(sid: str, category: str, strictness: str, guard: str, **reqs: Any) -> d
 
 def catalog() -> list[dict[str, Any]]:
     """The reference's 20 subset scenarios (ids, strictness, guards, requirements)."""
-    inv_fail = {"kind": "invariants_status", "allowed": ["fail", "error"]}
-    inv_warn = {"kind": "invariants_status", "allowed": ["warn", "fail", "error"]}
+    inv_fail = {"kind": "invariants_status", "allowed": ["fail"]}
+    inv_warn = {"kind": "invariants_status", "allowed": ["warn", "fail"]}
     caps1 = {"kind": "spectral_caps_applied", "min": 1}
     subtle = [PMOK_FALSE, SPECTRAL_UNSTABLE, caps1]
     scenarios = [

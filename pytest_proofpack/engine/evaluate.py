@@ -63,7 +63,7 @@ def _preview_losses(
     model: Any, preview: WindowSet, guard_losses: list[float | None], cfg: EngineConfig
 ) -> tuple[list[float | None], int]:
     """The preview arm's window losses and how many came from ``guard_losses`` (the guard forward's per-window
-    losses, ``[]`` when it failed): those of :func:`shared_preview_rows`, then a forward of the rest."""
+    losses): those of :func:`shared_preview_rows`, then a forward of the rest."""
     n = shared_preview_rows(len(preview), cfg.guard_windows, cfg.batch_size) if guard_losses else 0
     rest = window_losses(model, preview, start=n, batch_size=cfg.batch_size, device=cfg.device)
     return guard_losses[:n] + rest, n
@@ -126,7 +126,8 @@ def evaluate(
     """Judge the (edited) ``model`` against ``baseline``; see the report module for the output's contract.
 
     Raises :class:`~pytest_proofpack.engine.baseline.BaselineMismatchError` when ``baseline`` was made under another
-    config and :class:`~pytest_proofpack.engine.pairing.PairingError` when the windows are not the baseline's.
+    config, :class:`~pytest_proofpack.engine.pairing.PairingError` when the windows are not the baseline's and
+    :class:`~pytest_proofpack.errors.GuardError` when a guard raises: the run is an error, never a detection.
     """
     _check_baseline(baseline, preview, final, cfg)
     t0 = time.perf_counter()

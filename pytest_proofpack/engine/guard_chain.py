@@ -1,7 +1,9 @@
-"""The guard chain: invariants -> spectral -> RMT -> variance -> invariants, each guard run fail-closed.
+"""The guard chain: invariants -> spectral -> RMT -> variance -> invariants.
 
-Each guard runs under :func:`_guarded`, so a guard that raises is recorded as an error and fails closed (invariants
-status ``error``, spectral/RMT not stable, no VE signal). No guard mutates the model or copies it; the invariants
+A guard's verdict is evidence; a guard that raises is not. Each guard runs under :func:`_guarded`, which turns any
+exception into a :class:`~pytest_proofpack.errors.GuardError` naming the guard: the evaluation stops and the run
+is an error of class ``internal``, never a failed gate that a detector could count (out-of-memory errors pass
+through unchanged, for the engine's smaller-batch retry). No guard mutates the model or copies it; the invariants
 run again at the end of the chain, and a difference from the start is itself a fatal failure
 (``guard_side_effect``). The RMT guard's hooked forward of the guard windows also yields their per-window losses,
 which the primary metric reuses.
@@ -19,6 +21,7 @@ from pytest_proofpack.engine.baseline import BaselineState
 from pytest_proofpack.engine.config import EngineConfig
 from pytest_proofpack.engine.guards import invariants as inv
 from pytest_proofpack.engine.guards import rmt, spectral, variance
+from pytest_proofpack.errors import GuardError
 
 #: predicted positions per chunk of a guard window: the variance guard's paired unit
 VE_CHUNK: Final = 32
@@ -33,8 +36,7 @@ def guard_ids(preview: WindowSet, cfg: EngineConfig) -> Any:
 
 @dataclass(frozen=True)
 class GuardSections:
-    """The report sections the chain produces, each guard's seconds, and the guard forward's per-window losses
-    (``[]`` when the RMT capture failed)."""
+    """The report sections the chain produces, each guard's seconds, and the guard forward's per-window losses."""
 
     invariants: dict[str, Any]
     spectral: dict[str, Any]
@@ -44,12 +46,21 @@ class GuardSections:
     window_losses: list[float | None]
 
 
-def _guarded(fn: Callable[[], T]) -> tuple[T | None, str | None]:
-    """Run one guard; a raise becomes ``(None, "<Type>: <message>")`` so the caller fails it closed."""
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError)
+
+
+def _guarded(name: str, fn: Callable[[], T]) -> T:
+    """Run guard ``name``; raises :class:`GuardError` (from the guard's exception) when it raises, except for out
+    of memory, which propagates as it is."""
     try:
-        return fn(), None
-    except Exception as exc:  # fail closed: any guard error is reported, never a pass
-        return None, f"{type(exc).__name__}: {exc}"[:500]
+        return fn()
+    except Exception as exc:
+        if _out_of_memory(exc):
+            raise
+        raise GuardError.wrapping(name, exc) from exc
 
 
 class _Clock:
@@ -58,39 +69,43 @@ class _Clock:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def run(self, name: str, fn: Callable[[], T]) -> tuple[T | None, str | None]:
+    def run(self, name: str, fn: Callable[[], T]) -> T:
         t = time.perf_counter()
-        out = _guarded(fn)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
-        return out
+        try:
+            return _guarded(name, fn)
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
 
 
 def run_guards(
     model: Any, baseline: BaselineState, preview: WindowSet, preset: Mapping[str, Any], cfg: EngineConfig
 ) -> GuardSections:
-    """Run the chain of :data:`GUARD_ORDER` on ``model`` against ``baseline``'s statistics."""
+    """Run the chain of :data:`GUARD_ORDER` on ``model`` against ``baseline``'s statistics.
+
+    Raises :class:`GuardError` when a guard raises (see the module docstring).
+    """
     clock = _Clock()
-    pre, pre_err = clock.run("invariants", lambda: inv.validate(model, baseline.invariants))
-    spectral_section = _spectral_section(model, baseline, preset, cfg, clock)
+    pre = clock.run("invariants", lambda: inv.validate(model, baseline.invariants))
+    measured = clock.run("spectral", lambda: spectral.measure(model, cfg.seed))
+    spectral_section = clock.run(
+        "spectral", lambda: spectral.compare(baseline.spectral, measured, preset, _preset_max_caps(preset, cfg))
+    )
     ids = guard_ids(preview, cfg)
     targets = rmt.recorded_targets(baseline.activations)
-    cap, cap_err = clock.run(
+    cap = clock.run(
         "rmt",
         lambda: rmt.capture(model, ids, targets, chunk=VE_CHUNK, batch_size=cfg.batch_size, device=cfg.device),
     )
-    if cap is not None:
-        rmt_section = rmt.compare(baseline.activations, cap.stats, preset)
-        variance_section = _variance_section(model, ids, baseline, cap, preset, cfg, clock)
-    else:
-        rmt_section, variance_section = _rmt_failed(cap_err), _variance_failed(cap_err, "capture_error")
-    post, post_err = clock.run("invariants", lambda: inv.validate(model, baseline.invariants))
+    rmt_section = clock.run("rmt", lambda: rmt.compare(baseline.activations, cap.stats, preset))
+    variance_section = _variance_section(model, ids, baseline, cap, preset, cfg, clock)
+    post = clock.run("invariants", lambda: inv.validate(model, baseline.invariants))
     return GuardSections(
-        invariants=_invariants_section(pre, pre_err, post, post_err),
+        invariants=_invariants_section(pre, post),
         spectral=spectral_section,
         rmt=rmt_section,
         variance=variance_section,
         seconds=clock.seconds,
-        window_losses=cap.window_losses if cap is not None else [],
+        window_losses=cap.window_losses,
     )
 
 
@@ -99,25 +114,6 @@ def _preset_max_caps(preset: Mapping[str, Any], cfg: EngineConfig) -> int:
     spec = preset.get("spectral", {})
     v = spec.get("max_caps") if isinstance(spec, Mapping) else None
     return max(int(v), cfg.max_caps) if isinstance(v, int) and not isinstance(v, bool) else cfg.max_caps
-
-
-def _spectral_section(
-    model: Any, baseline: BaselineState, preset: Mapping[str, Any], cfg: EngineConfig, clock: _Clock
-) -> dict[str, Any]:
-    measured, err = clock.run("spectral", lambda: spectral.measure(model, cfg.seed))
-    if measured is not None:
-        return spectral.compare(baseline.spectral, measured, preset, _preset_max_caps(preset, cfg))
-    return {
-        "stable": False,
-        "caps_applied": 0,
-        "max_caps": cfg.max_caps,
-        "caps_exceeded": False,
-        "families": {},
-        "top_modules": [],
-        "estimator": spectral.ESTIMATOR,
-        "error": err,
-        "thresholds_source": "n/a",
-    }
 
 
 def _variance_section(
@@ -129,7 +125,7 @@ def _variance_section(
     cfg: EngineConfig,
     clock: _Clock,
 ) -> dict[str, Any]:
-    assessed, err = clock.run(
+    return clock.run(
         "variance",
         lambda: variance.assess(
             model,
@@ -145,36 +141,12 @@ def _variance_section(
             device=cfg.device,
         ),
     )
-    return assessed if assessed is not None else _variance_failed(err, "guard_error")
 
 
-def _rmt_failed(err: str | None) -> dict[str, Any]:
-    return {
-        "stable": False,
-        "edge_risk_by_family_base": {},
-        "edge_risk_by_family": {},
-        "epsilon_by_family": {},
-        "violations": [],
-        "estimator": rmt.ESTIMATOR,
-        "error": err,
-    }
-
-
-def _variance_failed(err: str | None, reason: str) -> dict[str, Any]:
-    return {"signal": False, "proposed_scales": 0, "error": err, "signal_reasons": [reason]}
-
-
-def _invariants_section(
-    pre: dict[str, Any] | None, pre_err: str | None, post: dict[str, Any] | None, post_err: str | None
-) -> dict[str, Any]:
+def _invariants_section(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any]:
     """The report's ``invariants`` section from the chain's first and last runs of the guard."""
-    failures: list[dict[str, str]] = []
-    for err, when in ((pre_err, "pre"), (post_err, "post")):
-        if err is not None:
-            failures.append({"check": "guard_error", "severity": "fatal", "detail": f"{when}: {err}"})
-    if pre is not None:
-        failures.extend(pre["failures"])
-    if pre is not None and post is not None and post["failures"] != pre["failures"]:
+    failures: list[dict[str, str]] = list(pre["failures"])
+    if post["failures"] != pre["failures"]:
         failures.append(
             {
                 "check": "guard_side_effect",
@@ -182,11 +154,10 @@ def _invariants_section(
                 "detail": "invariants changed between the start and the end of the guard chain",
             }
         )
-    status = "error" if (pre_err or post_err) else inv.status_of(failures)
     return {
-        "status": status,
-        "pre": pre["status"] if pre else "error",
-        "post": post["status"] if post else "error",
+        "status": inv.status_of(failures),
+        "pre": pre["status"],
+        "post": post["status"],
         "failures": failures,
-        "checks_performed": (pre or post or {}).get("checks_performed", []),
+        "checks_performed": pre.get("checks_performed", []),
     }

@@ -6,8 +6,8 @@ whose name contains ``Norm``: LayerNorm, RMSNorm, ...). :func:`validate` re-snap
 floating tensor for non-finite values (parameters *and* buffers) and compares.
 
 Every failure is ``{check, severity, detail}``; severity ``fatal`` makes the status ``fail``, ``warning`` makes it
-``warn``. A check that raises makes the status ``error`` (the guard chain runs every guard fail-closed, see
-:mod:`pytest_proofpack.engine.guard_chain`), never ``pass``.
+``warn``, else it is ``pass``. A check that raises has no status: the guard chain makes the whole run an error
+(:mod:`pytest_proofpack.engine.guard_chain`).
 """
 
 from __future__ import annotations
