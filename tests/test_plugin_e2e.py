@@ -72,9 +72,12 @@ def test_missed_detection_fails_the_test_and_the_verdict_then_lf_resumes(
     result.assert_outcomes(passed=1, deselected=2 * N_SCENARIOS - 1)
     assert [c[2] for c in _calls(pytester)] == ["scale_explosion"]
     verdict = _verdict(pytester)
-    # tiny-b never ran: coverage must fail the verdict even though every test passed.
+    # tiny-b never ran: coverage must fail the verdict even though every test passed, and none of its guards is
+    # demonstrated.
     assert verdict["verdict"] == "FAIL"
-    assert [r["requirement"] for r in verdict["failed_requirements"]] == ["scenario_coverage"]
+    failed = {(r["requirement"], r.get("model")) for r in verdict["failed_requirements"]}
+    assert {requirement for requirement, _ in failed} == {"scenario_coverage", "guard_primary_demonstrated"}
+    assert {model for _, model in failed} == {"tiny-b"}
     assert result.ret == 1
 
 

@@ -386,7 +386,78 @@ def test_informational_signal_fraction() -> None:
     verdict = compute_verdict(scenarios, planned, results)
     assert _failed(verdict) == ["informational_stress_min_signal_fraction"]
     (req,) = verdict["failed_requirements"]
-    assert req["details"] == {"signaled": 0, "total": 2, "fraction": 0.0}
+    assert req["details"] == {"signaled": 0, "total": 2, "unjudged": 0, "fraction": 0.0}
+
+
+def test_errored_runs_count_in_the_informational_signal_fraction() -> None:
+    """Two runs per model: the two signaling ones alone would be 2/2; with the two errored ones it is 2/4 (PASS),
+    and one quiet judged run more makes it 1/4 (FAIL), where judged runs alone would say 1/2 (PASS)."""
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1, 2])
+    results = _edit(results, "fp8_e5m2_stress", lambda r: r["spectral"].update(caps_applied=3), run=1)
+    results = _edit(results, "fp8_e5m2_stress", lambda r: r["spectral"].update(caps_applied=3), run=2)
+    for run in (1, 2):
+        results = _replace(results, "m1", "quant_4bit_stress", run, outcome="error", report=None,
+                           error_class="internal", error_message="guard rmt raised RuntimeError: boom")
+    verdict = compute_verdict(scenarios, planned, results)
+    assert verdict["verdict"] == "PASS", verdict["failed_requirements"]
+    c = verdict["counts"]
+    assert (c["informational_stress_total"], c["informational_stress_signaled"]) == (4, 2)
+    quiet = _edit(results, "fp8_e5m2_stress", lambda r: r["spectral"].update(caps_applied=0), run=2)
+    verdict = compute_verdict(scenarios, planned, quiet)
+    assert _failed(verdict) == ["informational_stress_min_signal_fraction"]
+    (req,) = verdict["failed_requirements"]
+    assert req["details"] == {"signaled": 1, "total": 4, "unjudged": 2, "fraction": 0.25}
+    assert "2 without a judged report count as not signaled" in req["message"]
+    assert {(f["scenario"], f["run"]) for f in req["failures"]} == {
+        ("fp8_e5m2_stress", 2), ("quant_4bit_stress", 1), ("quant_4bit_stress", 2)}
+
+
+def test_errored_runs_stay_in_every_total() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1"], [1])
+    for sid in ("nan_injection", "quant_4bit_clean", "rmt_norm_noise"):
+        results = _replace(results, "m1", sid, 1, outcome="error", report=None, error_class="internal",
+                           error_message="guard spectral raised RuntimeError: boom")
+    verdict = compute_verdict(scenarios, planned, results)
+    c = verdict["counts"]
+    assert (c["error_injection_total"], c["error_injection_detected"]) == (12, 10)
+    assert (c["clean_total"], c["clean_pass"]) == (4, 3)
+    assert (c["primary_guard_required_total"], c["primary_guard_required_records"]) == (5, 3)
+    assert (c["primary_guard_required_hits"], c["primary_guard_required_scenarios_hit"]) == (3, 3)
+    assert verdict["category_summary"]["error_injection"]["missing"] == 2
+    far = verdict["false_alarm_rate"]
+    assert (far["evaluations"], far["alarms"], far["unjudged"]) == (3, 0, 1)
+    assert far["unjudged_cases"] == ["m1:quant_4bit_clean[run1] (error: internal: guard spectral raised "
+                                     "RuntimeError: boom)"]
+
+
+@pytest.mark.parametrize("outcome", ["error", "skipped"])
+def test_a_guard_whose_every_required_probe_run_is_missing_is_not_demonstrated(outcome: str) -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1, 2])
+    for run in (1, 2):
+        results = _replace(results, "m2", "ve_mlp_scale_skew", run, outcome=outcome, report=None,
+                           error_class="internal" if outcome == "error" else None,
+                           error_message="guard variance raised RuntimeError: boom")
+    verdict = compute_verdict(scenarios, planned, results)
+    demo = [f for f in verdict["failed_requirements"] if f["requirement"] == "guard_primary_demonstrated"]
+    assert [(f["guard"], f["model"]) for f in demo] == [("variance", "m2")]
+    assert demo[0]["message"].startswith("guard variance has no judged primary_guard_required run on model m2: "
+                                         f"all 2 planned run(s) missing ({outcome}: ")
+    assert [(f["scenario"], f["run"], f["passed"]) for f in demo[0]["failures"]] == [
+        ("ve_mlp_scale_skew", 1, None), ("ve_mlp_scale_skew", 2, None)]
+    # one judged run that hits is enough, whatever happened to the other
+    results = _replace(results, "m2", "ve_mlp_scale_skew", 1, outcome="passed", error_class=None,
+                       error_message=None, report=passing_report("m2", "ve_mlp_scale_skew", 1, random.Random()))
+    verdict = compute_verdict(scenarios, planned, results)
+    assert "guard_primary_demonstrated" not in _failed(verdict)
+
+
+def test_a_suite_without_a_guard_s_probe_does_not_demand_it() -> None:
+    scenarios = [s for s in catalog() if s["id"] != "ve_mlp_scale_skew"]
+    planned, results = make_results(scenarios, ["m1"], [1])
+    assert compute_verdict(scenarios, planned, results)["verdict"] == "PASS"
 
 
 def test_empty_evidence_fails() -> None:
@@ -403,9 +474,14 @@ def test_model_with_zero_reports_fails_coverage() -> None:
     planned, results = make_results(scenarios, ["m1", "m2"], [1])
     kept = [r for r in results if r.model == "m1"]
     verdict = compute_verdict(scenarios, planned, kept)
-    assert _failed(verdict) == ["scenario_coverage"]
-    (req,) = verdict["failed_requirements"]
+    # m2's unrun runs also stay in the signal fraction (1 of 4) and leave its guards undemonstrated
+    assert _failed(verdict) == [
+        "guard_primary_demonstrated", "informational_stress_min_signal_fraction", "scenario_coverage"]
+    (req,) = [f for f in verdict["failed_requirements"] if f["requirement"] == "scenario_coverage"]
     assert req["model"] == "m2"
+    demo = [f for f in verdict["failed_requirements"] if f["requirement"] == "guard_primary_demonstrated"]
+    assert {(f["guard"], f["model"]) for f in demo} == {
+        (g, "m2") for g in ("invariants", "rmt", "spectral", "variance", "primary_metric")}
     gating = [
         s
         for s in scenarios

@@ -174,6 +174,7 @@ def _missing_entry(case: Case, scenario: Mapping[str, Any] | None, result: RunRe
         "gating": is_gating(scenario) or needs_primary_guard(scenario),
         "category": scenario.get("category"),
         "strictness": scenario.get("strictness"),
+        "intent": scenario.get("intent"),
         "reason": _missing_reason(result),
     }
 

@@ -80,7 +80,7 @@ def compute_verdict(
         "core_guard_order": list(CORE_GUARDS),
         **summaries(catalog, records, missing),
         "detection_matrix": detection_matrix(catalog, plan, records, missing, failed),
-        "false_alarm_rate": false_alarm_rate(records),
+        "false_alarm_rate": false_alarm_rate(records, missing),
         "determinism_repeats": determinism_repeats(records),
         "records": records,
         "missing": {"total": len(missing), "by_model": _missing_by_model(missing), "cases": missing},

@@ -13,9 +13,10 @@ The verdict is ``PASS`` iff no requirement fails:
 - ``error_injection_detected`` — every ``must_detect`` run hit its detectors (none declared = missed).
 - ``scenario_primary_guard_signal`` / ``scenario_expected_detectors`` — every run (hence every model) of a
   ``primary_guard_required`` scenario shows its primary guard firing / hits its declared detectors.
-- ``guard_primary_demonstrated`` — per core guard and model, at least one of its primary-guard-required
-  runs hit.
-- ``informational_stress_min_signal_fraction`` — at least half the informational stress runs signaled.
+- ``guard_primary_demonstrated`` — per core guard and model whose plan has primary-guard-required runs of that
+  guard, at least one of them was judged and hit (a guard whose every such run errored fails).
+- ``informational_stress_min_signal_fraction`` — at least half the *planned* informational stress runs signaled;
+  an errored, skipped or unrun one counts as not signaled.
 
 Deliberate departures from the reference (its weaknesses §13.5-6):
 
@@ -67,6 +68,12 @@ def _failure(record: JudgedRecord) -> dict[str, Any]:
         "reasons": record["reasons"],
         "path": record["path"],
     }
+
+
+def _missing_failure(case: Mapping[str, Any]) -> dict[str, Any]:
+    """A missing case in the shape of :func:`_failure`: no report, so nothing passed or hit."""
+    return {"model": case["model"], "scenario": case["scenario"], "run": case["run"], "passed": None,
+            "detectors_hit": None, "reasons": [str(case.get("reason"))], "path": None}
 
 
 def _requirement(name: str, message: str, failures: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -156,38 +163,57 @@ def primary_guard_scenarios(evidence: Evidence) -> Failed:
     return failed
 
 
+def _unjudged_primary_guard_runs(evidence: Evidence) -> list[Mapping[str, Any]]:
+    """The missing cases (error, skip, not run) of primary-guard-required scenarios."""
+    return [m for m in evidence.missing
+            if str(m["scenario"]) in evidence.catalog and needs_primary_guard(evidence.catalog[str(m["scenario"])])]
+
+
 def guard_primary_demonstrated(evidence: Evidence) -> Failed:
-    """Per core guard and model: at least one primary-guard-required run of that guard hit."""
-    runs = _primary_guard_runs(evidence)
+    """Per core guard and model whose plan has a primary-guard-required run of that guard: at least one such run
+    was judged and hit. A guard whose every planned run errored, was skipped or did not run fails too."""
+    judged: dict[tuple[str, str], list[JudgedRecord]] = {}
+    for r in _primary_guard_runs(evidence):
+        judged.setdefault((str(r["primary_guard"]), str(r["model"])), []).append(r)
+    unjudged: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for m in _unjudged_primary_guard_runs(evidence):
+        guard = str(evidence.catalog[str(m["scenario"])].get("primary_guard"))
+        unjudged.setdefault((guard, str(m["model"])), []).append(m)
     failed: Failed = []
     for guard in CORE_GUARDS:
-        by_model: dict[str, list[JudgedRecord]] = {}
-        for r in runs:
-            if r["primary_guard"] == guard:
-                by_model.setdefault(str(r["model"]), []).append(r)
-        for model in sorted(by_model):
-            if any(r["primary_guard_hit"] for r in by_model[model]):
+        for model in sorted({mdl for g, mdl in (*judged, *unjudged) if g == guard}):
+            recs, miss = judged.get((guard, model), []), unjudged.get((guard, model), [])
+            if any(r["primary_guard_hit"] for r in recs):
                 continue
-            message = f"guard {guard} never fired on model {model}'s primary_guard_required runs"
-            failures = [_failure(r) for r in by_model[model]]
+            if recs:
+                message = f"guard {guard} never fired on model {model}'s primary_guard_required runs"
+            else:
+                message = (f"guard {guard} has no judged primary_guard_required run on model {model}: all "
+                           f"{len(miss)} planned run(s) missing ({miss[0]['reason']})")
+            failures = [_failure(r) for r in recs] + [_missing_failure(m) for m in miss]
             failed.append(_requirement("guard_primary_demonstrated", message, failures, guard=guard, model=model))
     return failed
 
 
 def informational_stress_min_signal_fraction(evidence: Evidence) -> Failed:
+    """At least half of the *planned* informational stress runs signaled: a run without a judged report (an
+    error, a skip, not run) counts in the denominator as not signaled."""
     info = [r for r in evidence.records if r["category"] == "stress" and r["strictness"] == "informational"]
-    if not info:
+    unjudged = [m for m in evidence.missing
+                if m.get("category") == "stress" and m.get("strictness") == "informational"]
+    total = len(info) + len(unjudged)
+    if not total:
         return []
     signaled = sum(1 for r in info if r["signaled"])
-    fraction = signaled / len(info)
+    fraction = signaled / total
     if fraction >= INFORMATIONAL_MIN_SIGNAL_FRACTION:
         return []
     message = (
-        f"only {signaled}/{len(info)} informational stress runs signaled "
-        f"(< {INFORMATIONAL_MIN_SIGNAL_FRACTION:.0%})"
+        f"only {signaled}/{total} informational stress runs signaled (< {INFORMATIONAL_MIN_SIGNAL_FRACTION:.0%})"
+        + (f"; {len(unjudged)} without a judged report count as not signaled" if unjudged else "")
     )
-    failures = [_failure(r) for r in info if not r["signaled"]]
-    details = {"signaled": signaled, "total": len(info), "fraction": fraction}
+    failures = [_failure(r) for r in info if not r["signaled"]] + [_missing_failure(m) for m in unjudged]
+    details = {"signaled": signaled, "total": total, "unjudged": len(unjudged), "fraction": fraction}
     return [_requirement("informational_stress_min_signal_fraction", message, failures, details=details)]
 
 
