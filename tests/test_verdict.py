@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import re
 from collections.abc import Iterable
@@ -595,12 +596,35 @@ def test_write_results_and_matrix(tmp_path: Path) -> None:
 def test_clopper_pearson_upper_bound_matches_closed_forms() -> None:
     from pytest_proofpack.verdict.summaries import clopper_pearson_upper
 
-    for n in (5, 20, 21, 37):
-        assert abs(clopper_pearson_upper(0, n) - (1 - 0.025 ** (1 / n))) < 1e-9  # x = 0: closed form
+    for n in (5, 20, 21, 37, 10, 1000, 100_000, 1_000_000):
+        expected = -math.expm1(math.log(0.025) / n)  # x = 0: 1 - (alpha/2)^(1/n), without the cancellation
+        assert abs(clopper_pearson_upper(0, n) - expected) <= 1e-14 * expected
+        assert abs(clopper_pearson_upper(0, n) - (1 - 0.025 ** (1 / n))) <= 1e-10 * expected
         assert clopper_pearson_upper(n, n) == 1.0
     # x = 1, n = 20: P(X <= 1; p) = 0.025 at the bound (scipy.stats.beta.ppf(0.975, 2, 19) = 0.2487...)
     p = clopper_pearson_upper(1, 20)
     assert abs((1 - p) ** 20 + 20 * p * (1 - p) ** 19 - 0.025) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "upper"),  # scipy.stats.beta.ppf(0.975, k + 1, n - k), scipy 1.17
+    [
+        (1, 10, 0.4450161170281954),
+        (3, 10, 0.6524528500599973),
+        (5, 1000, 0.011629470559812147),
+        (50, 1000, 0.06539048791549364),
+        (50, 100_000, 0.0006591351958693719),
+        (1000, 100_000, 0.010636111529354269),
+        (10, 1_000_000, 1.8390278891238532e-05),
+    ],
+)
+def test_clopper_pearson_upper_bound_is_the_beta_quantile(k: int, n: int, upper: float) -> None:
+    """The bisection summing binomial terms overflowed past n of about 1000; the beta quantile holds to 10^6."""
+    from pytest_proofpack.verdict.binomial import binomial_log_cdf, clopper_pearson_upper
+
+    bound = clopper_pearson_upper(k, n)
+    assert abs(bound - upper) <= 1e-9 * upper
+    assert binomial_log_cdf(k, n, bound) == pytest.approx(math.log(0.025), abs=1e-9)
 
 
 def test_a_degraded_ratio_is_marked_with_the_windows_it_covers() -> None:

@@ -6,11 +6,11 @@ missing cases; the verdict stores each result under its own key and ``write_resu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from pytest_proofpack.expectations import CORE_GUARDS
+from pytest_proofpack.verdict.binomial import clopper_pearson_upper
 from pytest_proofpack.verdict.cases import Case, Catalog, JudgedRecord, needs_primary_guard, requirements_of
 
 __all__ = ["CATEGORIES", "clopper_pearson_upper", "counts", "determinism_repeats", "false_alarm_rate", "summaries"]
@@ -157,26 +157,6 @@ def summaries(
         "guard_intervention_summary": {"records_total": len(records), "signals": _interventions(records)},
         "scenario_signal_summary": _scenario_summary(catalog, records, missing),
     }
-
-
-def clopper_pearson_upper(alarms: int, n: int, alpha: float = 0.05) -> float:
-    """Exact two-sided (1 - alpha) Clopper-Pearson upper bound of a binomial proportion (bisection on the CDF)."""
-    if n <= 0:
-        return 1.0
-    if alarms >= n:
-        return 1.0
-
-    def cdf(p: float) -> float:
-        return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(alarms + 1))
-
-    lo, hi = alarms / n, 1.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if cdf(mid) > alpha / 2:
-            lo = mid
-        else:
-            hi = mid
-    return hi
 
 
 def false_alarm_rate(records: Sequence[JudgedRecord], missing: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
