@@ -109,7 +109,9 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
 
 def run_and_record(config: pytest.Config, case: Case, runtime: ModelRuntime, process: str,
                    **extra: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """:func:`run_case`, then the report's ``execution`` block and its files written into the run directory.
+    """:func:`run_case`, then the report's ``execution`` and ``baseline_provenance`` blocks (where it ran; what the
+    unedited model is: :meth:`~pytest_proofpack.models.loading.LoadedModel.provenance`) and its files written into
+    the run directory.
 
     Returns the report and the test's properties (unprefixed): where the report is, which model revision and
     source it evaluated. The same in a worker and in a multi-GPU reservation's subprocess.
@@ -121,6 +123,7 @@ def run_and_record(config: pytest.Config, case: Case, runtime: ModelRuntime, pro
     if isinstance(device_map, dict):  # loaded with a device map: the devices its layers were spread over
         extra = {**extra, "devices_used": sorted({str(d) for d in device_map.values()})}
     result.report["execution"] = execution_evidence(process, **extra)
+    result.report["baseline_provenance"] = runtime.loaded.provenance()
     write_evidence(report_dir(runtime.ctx.run_dir, *case.key), result)
     props = [("report", report_relpath(*case.key)), ("model_revision", runtime.loaded.revision),
              ("model_source", runtime.loaded.source_desc)]

@@ -1,7 +1,8 @@
 """``index.html`` of a proof pack: one self-contained page (inline CSS and SVG; no scripts, no assets).
 
 It shows the verdict and its failed requirements, the detection matrix (models × scenarios; every cell carries
-``data-model``, ``data-scenario`` and ``data-outcome`` so tools and tests can read it), a plot of the primary
+``data-model``, ``data-scenario``, ``data-outcome`` and ``data-edit``, the change its runs applied, so tools and
+tests can read it) with its legend and each model's baseline, a plot of the primary
 metric ratios with their confidence intervals, and per-scenario details (guards fired, gates, detectors).
 Output is deterministic for a given verdict.
 """
@@ -12,6 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any, Final
+
+from pytest_proofpack.verdict.matrix import LEGEND
+from pytest_proofpack.verdict.render import baseline_text
 
 __all__ = ["render_index"]
 
@@ -30,6 +34,7 @@ h1{margin:0 0 .5rem}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
 td.cell{color:#fff;font-family:ui-monospace,monospace;text-align:center;white-space:nowrap}
+td.cell small{font-size:10px;opacity:.9}
 .o-pass{background:#2e7d32}.o-fail{background:#c62828}.o-missing{background:#6d6d6d}
 .o-signal{background:#1565c0}.o-quiet{background:#90a4ae}
 details{margin:.3rem 0}summary{cursor:pointer}code{font-size:12px}.muted{color:#666}
@@ -76,21 +81,7 @@ def _matrix(verdict: Mapping[str, Any]) -> str:
             if cell is None:
                 tds.append("<td class='empty'></td>")
                 continue
-            outcome = str(cell.get("outcome"))
-            ratio = cell.get("ratio")
-            label = _fmt(ratio, 3) if isinstance(ratio, float) else outcome
-            if cell.get("caps"):
-                label += f" c{cell['caps']}"
-            guards = ", ".join(cell.get("guards") or []) or "none"
-            title = (
-                f"{m} / {sid}: {outcome}; runs ok {cell.get('runs_ok')}/{cell.get('runs_judged')}, "
-                f"missing {cell.get('runs_missing')}; guards fired: {guards}"
-            )
-            tds.append(
-                f"<td class='cell o-{escape(outcome)}' data-model='{escape(m)}' "
-                f"data-scenario='{escape(sid)}' "
-                f"data-outcome='{escape(outcome)}' title='{escape(title)}'>{escape(label)}</td>"
-            )
+            tds.append(_cell(m, sid, cell))
         meta = f"{s.get('category')}, {s.get('strictness')}"
         rows.append(
             f"<tr><th>{escape(sid)} <span class='muted'>({escape(meta)})</span></th>{''.join(tds)}</tr>"
@@ -98,9 +89,39 @@ def _matrix(verdict: Mapping[str, Any]) -> str:
     legend = " ".join(
         f"<span class='badge' style='background:{c}'>{escape(o)}</span>" for o, c in _COLOURS.items()
     )
+    marks = "".join(f"<li><code>{escape(str(mark))}</code> {escape(str(meaning))}</li>"
+                    for mark, meaning in matrix.get("legend") or LEGEND)
+    baselines = matrix.get("baselines") or {}
+    rows_b = "".join(f"<tr><th>{escape(m)}</th><td class='baseline' data-model='{escape(m)}'>"
+                     f"{escape(baseline_text(baselines.get(m)))}</td></tr>" for m in models)
     return (
         "<h2>Detection matrix</h2>"
         f"<table class='matrix'><tr><th>scenario</th>{head}</tr>{''.join(rows)}</table><p>{legend}</p>"
+        f"<details><summary>What the marks mean</summary><ul class='legend'>{marks}</ul></details>"
+        f"<h2>Baselines</h2><table class='baselines'>{rows_b}</table>"
+    )
+
+
+def _cell(model: str, sid: str, cell: Mapping[str, Any]) -> str:
+    """One matrix cell: outcome colour, worst ratio, caps and the change each run applied."""
+    outcome = str(cell.get("outcome"))
+    ratio = cell.get("ratio")
+    label = escape(_fmt(ratio, 3) if isinstance(ratio, float) else outcome)
+    if cell.get("caps"):
+        label += escape(f" c{cell['caps']}")
+    specs = " | ".join(str(x) for x in cell.get("edit_specs") or [])
+    if specs:
+        label += f"<br><small class='spec'>{escape(specs)}</small>"
+    guards = ", ".join(cell.get("guards") or []) or "none"
+    detectors = "; ".join(cell.get("detectors_hit") or []) or "none"
+    title = (
+        f"{model} / {sid}: {outcome}; runs ok {cell.get('runs_ok')}/{cell.get('runs_judged')}, "
+        f"missing {cell.get('runs_missing')}; guards fired: {guards}; detectors hit: {detectors}; "
+        f"as run: {specs or 'n/a'}"
+    )
+    return (
+        f"<td class='cell o-{escape(outcome)}' data-model='{escape(model)}' data-scenario='{escape(sid)}' "
+        f"data-outcome='{escape(outcome)}' data-edit='{escape(specs)}' title='{escape(title)}'>{label}</td>"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import random
 import re
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_verdict import _edit, catalog, make_results
+from test_verdict import _as_run, _edit, catalog, make_results
 
 from pytest_proofpack.html_report import render_index
 from pytest_proofpack.verdict import compute_verdict
@@ -79,3 +80,18 @@ def test_matrix_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert found[("m1", "shape_mismatch")] == "missing"
     assert found[("m1", "quant_4bit_clean")] == "pass"
     assert re.search(r'id="verdict"[^>]*>FAIL<', dom)
+
+
+def test_page_shows_what_was_run_and_each_baseline() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1])
+    verdict = compute_verdict(scenarios, planned, _as_run(results))
+    page = render_index(verdict)
+    for model, spec in (("m1", "lowrank_svd:512:ffn@layer=15"), ("m2", "lowrank_svd:64:ffn@layer=1")):
+        cell = re.search(rf"<td [^>]*data-model='{model}' data-scenario='svd_rank32_l31_clean'[^>]*>", page)
+        assert cell is not None and f"data-edit='{spec}'" in cell.group(0)
+        assert f"<small class='spec'>{spec}</small>" in page
+    assert ("<td class='baseline' data-model='m1'>GGUF Q4_1 (SmolLM2-135M-Instruct.Q4_1.gguf), dequantized to "
+            "float32; evaluated in bfloat16</td>") in page
+    for mark, meaning in verdict["detection_matrix"]["legend"]:
+        assert html.escape(f"{mark}") in page and html.escape(meaning) in page

@@ -43,6 +43,12 @@ def test_full_run_passes_writes_verdict_pack_and_junit(pytester: pytest.Pytester
     assert workers == {"gw0", "gw1"}
     assert (pytester.path / "run" / "proof_pack" / "manifest.json").is_file()
     result.stdout.fnmatch_lines(["*verdict: PASS*"])
+    # what was run: each model's baseline and the tuned clean setting, in the terminal and in the JSON alike
+    result.stdout.fnmatch_lines(["legend:", "  P * pass: *", "baselines:", "  tiny-a: local:*; evaluated in float32",
+                                 "edits as run:", "  svd_rank32_l31_clean: all models: lowrank_svd:16:ffn@layer=1"])
+    matrix = json.loads((pytester.path / "run" / "results" / "detection_matrix.json").read_text())
+    assert {m: b["source"] for m, b in matrix["baselines"].items()} == {"tiny-a": "local", "tiny-b": "local"}
+    assert matrix["cells"]["tiny-b"]["svd_rank32_l31_clean"]["edit_specs"] == ["lowrank_svd:16:ffn@layer=1"]
     xml = JUnitXml.fromfile(str(pytester.path / "junit.xml"))
     suite = next(iter(xml))
     suite_props = {p.name: p.value for p in suite.properties()}

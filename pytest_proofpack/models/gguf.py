@@ -1,4 +1,5 @@
-"""GGUF weights: finding the file a suite entry names, and converting it once into a safetensors directory.
+"""GGUF weights: finding the file a suite entry names, reading its quantization type, and converting it once into a
+safetensors directory.
 
 transformers reads a GGUF file by dequantising its tensors. :func:`convert_gguf` saves that result as an ordinary
 fp32 Hugging Face directory (``<cache>/models/<key>-<sha256[:12]>``), under a FileLock and renamed into place, so
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Final
 
 from filelock import FileLock
 
@@ -23,10 +25,16 @@ from pytest_proofpack.assets import require_asset, sha256_file
 from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
 
-__all__ = ["convert_gguf", "find_gguf", "gguf_sha256"]
+__all__ = ["DEQUANTIZED_DTYPE", "convert_gguf", "find_gguf", "gguf_file_type", "gguf_sha256"]
 
+#: The dtype :func:`convert_gguf` dequantises every tensor to.
+DEQUANTIZED_DTYPE: Final = "float32"
 _CONVERTED_MARKER = ".proofpack-converted.json"
 _sha256_by_file: dict[tuple[str, int, int], str] = {}
+_file_type_by_file: dict[tuple[str, int, int], str | None] = {}
+#: GGUF metadata value types of fixed size: type id -> bytes (8 is a string, 9 an array).
+_SCALAR_SIZES: Final = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_FILE_TYPE_KEY: Final = b"general.file_type"
 
 
 def gguf_sha256(path: Path) -> str:
@@ -36,6 +44,65 @@ def gguf_sha256(path: Path) -> str:
     if key not in _sha256_by_file:
         _sha256_by_file[key] = sha256_file(path)
     return _sha256_by_file[key]
+
+
+def gguf_file_type(path: Path) -> str | None:
+    """The quantization type the GGUF file's header declares (``general.file_type``), e.g. ``Q4_1`` or ``Q4_K_M``;
+    ``None`` when the header does not say or is not GGUF v2/v3. Reads only the metadata, once per file version."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _file_type_by_file:
+        try:
+            with path.open("rb") as fh:
+                code = _read_file_type(fh)
+        except (OSError, struct.error, ModelLoadError):  # a truncated or foreign header says nothing
+            code = None
+        _file_type_by_file[key] = None if code is None else _file_type_name(code)
+    return _file_type_by_file[key]
+
+
+def _file_type_name(code: int) -> str:
+    from gguf import LlamaFileType
+
+    try:
+        name = LlamaFileType(code).name
+    except ValueError:
+        return f"file_type {code}"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def _read_file_type(fh: IO[bytes]) -> int | None:
+    """``general.file_type`` from the metadata of the GGUF stream ``fh``, skipping every other value."""
+    head = fh.read(24)
+    if len(head) < 24 or head[:4] != b"GGUF" or struct.unpack_from("<I", head, 4)[0] not in (2, 3):
+        return None
+    (n_kv,) = struct.unpack_from("<Q", head, 16)
+    for _ in range(n_kv):
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > 1 << 16:
+            raise ModelLoadError(f"GGUF metadata key of {length} bytes")
+        name = fh.read(length)
+        (value_type,) = struct.unpack("<I", fh.read(4))
+        if name == _FILE_TYPE_KEY and value_type in (4, 5):
+            return int(struct.unpack("<I" if value_type == 4 else "<i", fh.read(4))[0])
+        _skip_value(fh, value_type)
+    return None
+
+
+def _skip_value(fh: IO[bytes], value_type: int) -> None:
+    if value_type in _SCALAR_SIZES:
+        fh.seek(_SCALAR_SIZES[value_type], os.SEEK_CUR)
+    elif value_type == 8:
+        fh.seek(struct.unpack("<Q", fh.read(8))[0], os.SEEK_CUR)
+    elif value_type == 9:
+        item_type, count = struct.unpack("<IQ", fh.read(12))
+        if item_type in _SCALAR_SIZES:
+            fh.seek(_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _skip_value(fh, item_type)
+    else:
+        raise ModelLoadError(f"GGUF metadata value of unknown type {value_type}")
 
 
 def find_gguf(entry: ModelEntry, assets: Mapping[str, AssetRef], cache: Path, suite: str) -> tuple[Path, str]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
+from pytest_proofpack.models.gguf import DEQUANTIZED_DTYPE
 from pytest_proofpack.models.sources import resolve_weights
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class LoadedModel:
     dtype: str
     device: str
     source_desc: str = ""
+    gguf_file_type: str | None = None
 
     def revision_info(self) -> dict[str, str]:
         """This model's entry for ``metadata/model_revisions.json`` (all strings, JSON-ready)."""
@@ -63,7 +65,17 @@ class LoadedModel:
             "fingerprint": self.fingerprint,
             "source_desc": self.source_desc,
             "dtype": self.dtype,
+            **{k: str(v) for k, v in self.provenance().items() if k in ("gguf_file_type", "dequantized_dtype")},
         }
+
+    def provenance(self) -> dict[str, str | None]:
+        """What the baseline is, for every report: the weights' source and revision, the dtype they are evaluated
+        in and, for a GGUF source, the file's quantization type and the dtype it was dequantised to."""
+        out: dict[str, str | None] = {"source": self.entry.source, "source_desc": self.source_desc,
+                                      "revision": self.revision, "dtype": self.dtype}
+        if self.entry.source == "gguf":
+            out.update(gguf_file_type=self.gguf_file_type or "unknown", dequantized_dtype=DEQUANTIZED_DTYPE)
+        return out
 
 
 def resolve_dtype(entry: ModelEntry, dtype: str | None, device: str) -> str:
@@ -113,6 +125,7 @@ def load_model(
         dtype=dtype_name,
         device=device,
         source_desc=weights.source_desc,
+        gguf_file_type=weights.gguf_file_type,
     )
 
 

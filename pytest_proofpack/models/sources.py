@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pytest_proofpack.errors import MissingAssetError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
-from pytest_proofpack.models.gguf import convert_gguf, find_gguf, gguf_sha256
+from pytest_proofpack.models.gguf import convert_gguf, find_gguf, gguf_file_type, gguf_sha256
 from pytest_proofpack.models.model_dir import check_model_dir, model_fingerprint
 
 __all__ = ["HUB_ALLOW_PATTERNS", "ResolvedWeights", "resolve_weights"]
@@ -26,12 +26,14 @@ HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken
 @dataclass(frozen=True)
 class ResolvedWeights:
     """A checked model directory and the identity of its weights (see
-    :class:`~pytest_proofpack.models.loading.LoadedModel` for ``revision``, ``fingerprint`` and ``source_desc``)."""
+    :class:`~pytest_proofpack.models.loading.LoadedModel` for ``revision``, ``fingerprint`` and ``source_desc``);
+    ``gguf_file_type`` is the quantization type a GGUF source's header declares."""
 
     directory: Path
     revision: str
     fingerprint: str
     source_desc: str
+    gguf_file_type: str | None = None
 
 
 def resolve_weights(
@@ -80,7 +82,8 @@ def _gguf(entry: ModelEntry, cache: Path, assets: Mapping[str, AssetRef], suite:
     )
     weights = check_model_dir(directory)
     revision = f"gguf-sha256:{sha}"
-    return ResolvedWeights(directory, revision, model_fingerprint(directory, weights, revision), source_desc)
+    return ResolvedWeights(directory, revision, model_fingerprint(directory, weights, revision), source_desc,
+                           gguf_file_type(gguf))
 
 
 def _hub_snapshot(entry: ModelEntry, allow_net: bool) -> tuple[Path, str]:

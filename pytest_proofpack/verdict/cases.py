@@ -151,9 +151,36 @@ def _windows_covered(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _applied_spec(report: Mapping[str, Any]) -> str | None:
-    """The edit as applied (the tuned setting of a clean scenario, not its id's name), when the report says."""
+    """The change as applied, when the report says: an edit's spec (the tuned setting of a clean scenario, not its
+    id's name), or a fault's type, mode and scalar parameters (relative strengths already resolved)."""
     edit = report.get("edit")
-    return str(edit["spec"]) if isinstance(edit, Mapping) and edit.get("spec") else None
+    if not isinstance(edit, Mapping):
+        return None
+    if edit.get("spec"):
+        return str(edit["spec"])
+    if not edit.get("error_type"):
+        return None
+    params = edit.get("params")
+    shown = [f"{k}={text}" for k, v in sorted((params if isinstance(params, Mapping) else {}).items())
+             if (text := _short(v)) is not None]
+    text = str(edit["error_type"]) + (f":{edit['mode']}" if edit.get("mode") else "")
+    text += f"({', '.join(shown)})" if shown else ""
+    count = edit.get("modified_count")
+    return text + (f", {count} modified" if isinstance(count, int) and not isinstance(count, bool) else "")
+
+
+def _short(value: object) -> str | None:
+    """A parameter value as short text, or ``None`` when it is too long to show in one line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) or (isinstance(value, str) and len(value) <= 32):
+        return str(value)
+    if isinstance(value, list | tuple) and len(value) <= 4:
+        items = [item for v in value if (item := _short(v)) is not None]
+        return "[" + ", ".join(items) + "]" if len(items) == len(value) else None
+    return None
 
 
 def _missing_reason(result: RunResult | None) -> str:

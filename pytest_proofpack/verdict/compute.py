@@ -79,7 +79,7 @@ def compute_verdict(
         "counts": verdict_counts,
         "core_guard_order": list(CORE_GUARDS),
         **summaries(catalog, records, missing),
-        "detection_matrix": detection_matrix(catalog, plan, records, missing, failed),
+        "detection_matrix": detection_matrix(catalog, plan, records, missing, failed, results),
         "false_alarm_rate": false_alarm_rate(records, missing),
         "determinism_repeats": determinism_repeats(records),
         "records": records,

@@ -2,19 +2,35 @@
 
 A cell's ``outcome`` is ``fail`` when any run was judged wrong or a primary-guard requirement failed on it,
 ``missing`` when a run has no report, ``signal``/``quiet`` for informational scenarios, ``pass`` otherwise; it
-also carries the guards that fired on any run, the worst finite ratio and the most spectral caps of a run.
+also carries the guards that fired on any run, the detectors that decided a hit, the worst finite ratio, the most
+spectral caps of a run and the change each run actually applied (``edit_specs``). The matrix also says what each
+model's baseline is (``baselines``: source, GGUF quantization type, dequantized and evaluation dtypes) and what
+every mark of its terminal form means (``legend``, printed by :func:`pytest_proofpack.verdict.render.render_matrix`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from pytest_proofpack.expectations import CORE_GUARDS
-from pytest_proofpack.verdict.cases import Case, Catalog, JudgedRecord
+from pytest_proofpack.verdict.cases import Case, Catalog, JudgedRecord, RunResult
 
-__all__ = ["detection_matrix"]
+__all__ = ["LEGEND", "detection_matrix", "model_baselines"]
+
+#: ``[mark, meaning]`` of every mark in a terminal matrix cell, in the order a cell shows them.
+LEGEND: Final = (
+    ("P", "pass: every run judged as its scenario expects"),
+    ("F", "fail: a run judged wrong, or a required probe's primary guard or detectors missed"),
+    ("M", "missing: a run without a judged report (error, skip or not run; see missing)"),
+    ("S", "signal: informational, and on some run its detectors hit or a core guard fired (see signals)"),
+    (".", "quiet: informational, and no signal on any run"),
+    ("1.234", "worst (highest) finite primary-metric ratio of the runs against the baseline; - none"),
+    ("~k/nw", "degraded ratio: the mean over only the k of n final windows whose loss stayed finite"),
+    ("[isrvm]", "core guards that fired on any run: i invariants s spectral r RMT v variance m primary metric; - none"),
+    ("cN", "most spectral caps applied in one run"),
+)
 
 #: Requirements whose failures mark a matrix cell ``fail`` even when each run was judged as expected.
 _PRIMARY_GUARD_REQUIREMENTS = ("scenario_primary_guard_signal", "scenario_expected_detectors")
@@ -51,9 +67,20 @@ def _cell(
         "ratio": max(ratios) if ratios else None,
         **_worst_coverage(recs),
         "edit_specs": sorted({str(r["edit_spec"]) for r in recs if r.get("edit_spec")}),
+        "detectors_hit": sorted({d for r in recs for d in _deciding_detectors(r)}),
         "caps": max((r["spectral_caps_applied"] for r in recs), default=0),
         "invariants_status": next((r["invariants_status"] for r in recs if r["invariants_status"]), None),
     }
+
+
+def _deciding_detectors(record: JudgedRecord) -> list[str]:
+    """The detectors that made a run's detectors hit: its any_of detectors that hit (the all_of ones are conditions
+    that held), else its all_of ones; none when its detectors did not hit."""
+    if not record["detectors_hit"]:
+        return []
+    rows = [d for d in record["detectors"] if d["hit"]]
+    any_of = [d for d in rows if d["group"] == "any_of"]
+    return [str(d["description"]) for d in (any_of or rows)]
 
 
 def _worst_coverage(recs: Sequence[JudgedRecord]) -> dict[str, Any]:
@@ -65,15 +92,27 @@ def _worst_coverage(recs: Sequence[JudgedRecord]) -> dict[str, Any]:
             "windows_total": fewest[1]}
 
 
+def model_baselines(models: Sequence[str], results: Sequence[RunResult]) -> dict[str, dict[str, Any] | None]:
+    """Each model's ``baseline_provenance`` as its first report (in case order) gives it; ``None`` when none does."""
+    out: dict[str, dict[str, Any] | None] = {m: None for m in models}
+    for r in sorted(results, key=lambda r: (r.model, r.scenario, r.run)):
+        provenance = (r.report or {}).get("baseline_provenance")
+        if r.model in out and out[r.model] is None and isinstance(provenance, Mapping):
+            out[r.model] = dict(provenance)
+    return out
+
+
 def detection_matrix(
     catalog: Catalog,
     planned: Sequence[Case],
     records: Sequence[JudgedRecord],
     missing: Sequence[Mapping[str, Any]],
     failed: Sequence[Mapping[str, Any]],
+    results: Sequence[RunResult] = (),
 ) -> dict[str, Any]:
-    """``{models, scenarios, cells}``: scenarios in catalog order (unknown ids last, sorted), ``cells[model][id]``
-    for every planned pair that has a record or a missing case."""
+    """``{models, scenarios, cells, baselines, legend}``: scenarios in catalog order (unknown ids last, sorted),
+    ``cells[model][id]`` for every planned pair that has a record or a missing case, ``baselines[model]`` from
+    ``results``' reports."""
     models = sorted({m for m, _, _ in planned})
     planned_ids = {s for _, s, _ in planned}
     scenario_ids = [s for s in catalog if s in planned_ids] + sorted(planned_ids - set(catalog))
@@ -104,4 +143,6 @@ def detection_matrix(
             for s in scenario_ids
         ],
         "cells": cells,
+        "baselines": model_baselines(models, results),
+        "legend": [list(entry) for entry in LEGEND],
     }

@@ -6,10 +6,12 @@ files can be recomputed from its JSON.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-__all__ = ["render_matrix", "render_text"]
+from pytest_proofpack.verdict.matrix import LEGEND
+
+__all__ = ["baseline_text", "render_matrix", "render_text"]
 
 #: One mark per matrix cell outcome.
 _MARKS: Final = {"pass": "P", "fail": "F", "missing": "M", "signal": "S", "quiet": "."}
@@ -36,11 +38,11 @@ def _cell_text(cell: Mapping[str, Any] | None) -> str:
 
 
 def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
-    """The detection matrix as terminal lines: one row per scenario, one column per model. Each cell is a
-    mark (P as expected, F wrong, M missing, S informational signal, . quiet), the worst ratio, the guards that
-    fired on any run (``[i s r v m]``: invariants, spectral, RMT, variance, primary metric; ``[-]`` none) and
-    ``c<N>``, the most spectral caps of a run. A degraded ratio is followed by ``~k/nw``: it is the mean over
-    only the ``k`` of ``n`` final windows whose loss stayed finite."""
+    """The detection matrix as terminal lines, read from the verdict's ``detection_matrix`` only (so the terminal and
+    ``detection_matrix.json`` say the same): one row per scenario and one column per model, each cell a mark, the
+    worst ratio, the guards that fired and the most spectral caps (the ``legend`` lines say what each means); then
+    each model's baseline, the change each scenario actually applied on each model, and what made each ``S`` cell
+    signal."""
     matrix = verdict.get("detection_matrix") or {}
     models = [str(m) for m in matrix.get("models", [])]
     scenarios = [str(s["id"]) for s in matrix.get("scenarios", [])]
@@ -56,10 +58,58 @@ def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
         row = [s.ljust(first)]
         row += [_cell_text(cells.get(m, {}).get(s)).ljust(w) for m, w in zip(models, widths, strict=True)]
         lines.append("  ".join(row).rstrip())
-    lines.append("P as expected  F wrong  M missing  S signal  . quiet  (number: worst ratio, cN: spectral caps)")
-    lines.append("~k/nw: a degraded ratio, the mean over the k of n final windows whose loss stayed finite")
-    lines.append("guards fired: i invariants  s spectral  r RMT  v variance  m primary metric  - none")
+    lines.append("legend:")
+    lines += [f"  {mark:<7}  {meaning}" for mark, meaning in matrix.get("legend") or LEGEND]
+    lines += _baseline_lines(models, matrix.get("baselines") or {})
+    lines += _per_scenario_lines("edits as run:", models, scenarios, cells, _edits_of)
+    lines += _per_scenario_lines("signals (what made each S cell signal):", models, scenarios, cells, _signal_of)
     return lines
+
+
+def baseline_text(baseline: Mapping[str, Any] | None) -> str:
+    """One model's baseline in words, e.g. ``GGUF Q4_1 (x.gguf), dequantized to float32; evaluated in bfloat16``."""
+    if not baseline:
+        return "unknown (no report of this model says)"
+    dtype = f"evaluated in {baseline.get('dtype')}"
+    if baseline.get("source") == "gguf":
+        name = str(baseline.get("source_desc") or "").rsplit("/", 1)[-1]
+        return (f"GGUF {baseline.get('gguf_file_type')} ({name}), dequantized to "
+                f"{baseline.get('dequantized_dtype')}; {dtype}")
+    return f"{baseline.get('source_desc') or baseline.get('source')}; {dtype}"
+
+
+def _baseline_lines(models: list[str], baselines: Mapping[str, Any]) -> list[str]:
+    return ["baselines:", *(f"  {m}: {baseline_text(baselines.get(m))}" for m in models)]
+
+
+def _edits_of(cell: Mapping[str, Any]) -> str | None:
+    specs = [str(s) for s in cell.get("edit_specs") or []]
+    return " | ".join(specs) if specs else None
+
+
+def _signal_of(cell: Mapping[str, Any]) -> str | None:
+    if cell.get("outcome") != "signal":
+        return None
+    hit = [str(d) for d in cell.get("detectors_hit") or []]
+    fired = "".join(letter for guard, letter in _GUARD_LETTERS if guard in set(cell.get("guards") or ()))
+    return "; ".join([*hit, *([f"guards [{fired}]"] if fired else [])]) or "?"
+
+
+def _per_scenario_lines(title: str, models: list[str], scenarios: list[str], cells: Mapping[str, Any],
+                        text_of: Callable[[Mapping[str, Any]], str | None]) -> list[str]:
+    """``title``, then one line per scenario with each model's ``text_of`` its cell (``all models:`` when every
+    planned model's is the same); scenarios where no cell has one are left out."""
+    lines = [title]
+    for s in scenarios:
+        texts = {m: text_of(cells[m][s]) for m in models if s in cells.get(m, {})}
+        shown = {m: t for m, t in texts.items() if t is not None}
+        if not shown:
+            continue
+        if len(models) > 1 and len(shown) == len(models) and len(set(shown.values())) == 1:
+            lines.append(f"  {s}: all models: {next(iter(shown.values()))}")
+        else:
+            lines.append(f"  {s}: " + "; ".join(f"{m}: {t}" for m, t in shown.items()))
+    return lines if len(lines) > 1 else [title, "  (none)"]
 
 
 def render_text(verdict: Mapping[str, Any]) -> str:
