@@ -46,7 +46,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    from pytest_proofpack import engine_plugin
+    from pytest_proofpack import engine_plugin, worker_role
     from pytest_proofpack.controller_role import ControllerRole
     from pytest_proofpack.progress_role import ProgressRole
     from pytest_proofpack.session import ProofpackSession
@@ -55,7 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(engine_plugin, "proofpack-engine")
     session = ProofpackSession.from_config(config)
     config.pluginmanager.register(session, ProofpackSession.PLUGIN_NAME)
-    config.pluginmanager.register(WorkerRole(session), "proofpack-worker")
+    config.pluginmanager.register(WorkerRole(session), WorkerRole.PLUGIN_NAME)
+    config.pluginmanager.register(worker_role, "proofpack-worker-fixtures")  # its fixtures are plain functions
     if not session.is_worker:  # only the controller records, and writes the verdict and the pack
         config.pluginmanager.register(ControllerRole(session), "proofpack-controller")
     if session.ctx is not None:  # workers send their long phases, the controller shows them

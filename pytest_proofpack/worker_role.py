@@ -42,38 +42,63 @@ class ScenarioOutcome:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+# The fixtures are module-level functions, registered with this module as a plugin: a fixture of a wider scope than
+# a function defined as a method of a plugin object is deprecated (PytestRemovedIn10Warning from pytest 9.1 on).
+@pytest.fixture(scope="session")
+def proofpack_model_key(request: pytest.FixtureRequest) -> str:
+    """The model key of the current parametrization; session-scoped so items group by model."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def proofpack_runtime(request: pytest.FixtureRequest, proofpack_model_key: str) -> Iterator[ModelRuntime]:
+    """The model's runtime on this worker: model, windows, baseline and preset, loaded lazily, freed after."""
+    from pytest_proofpack.runtime import ModelRuntime
+
+    ctx = WorkerRole.of(request.config).session.ctx
+    assert ctx is not None
+    runtime = ModelRuntime(ctx, ctx.catalog.models[proofpack_model_key])
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def proofpack_outcome(request: pytest.FixtureRequest, proofpack_model_key: str,
+                      proofpack_case: Case) -> ScenarioOutcome:
+    """Run the scenario (setup phase: infrastructure trouble is an error) and judge its expectation."""
+    return WorkerRole.of(request.config).outcome(request, proofpack_case)
+
+
+@pytest.fixture(scope="session")
+def proofpack_launcher(request: pytest.FixtureRequest, proofpack_model_key: str,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReservedLauncher]:
+    """The subprocess handle of a reserved model on its leader worker; ended when the worker moves on."""
+    yield from WorkerRole.of(request.config).launcher(proofpack_model_key, tmp_path_factory)
+
+
 class WorkerRole:
-    """The scenario fixtures over ``session``'s run context and result store (registered in every process)."""
+    """The scenario work over ``session``'s run context and result store, and the hook that ends a reserved model's
+    subprocess (registered in every process; the fixtures above find it with :meth:`of`)."""
+
+    PLUGIN_NAME = "proofpack-worker"
 
     def __init__(self, session: ProofpackSession) -> None:
         self.session = session
         self._launcher: ReservedLauncher | None = None  # the live reserved-model subprocess handle
 
-    @pytest.fixture(scope="session")
-    def proofpack_model_key(self, request: pytest.FixtureRequest) -> str:
-        """The model key of the current parametrization; session-scoped so items group by model."""
-        return str(request.param)
+    @classmethod
+    def of(cls, config: pytest.Config) -> WorkerRole:
+        """The role registered for ``config``."""
+        role = config.pluginmanager.get_plugin(cls.PLUGIN_NAME)
+        assert isinstance(role, cls)
+        return role
 
-    @pytest.fixture(scope="session")
-    def proofpack_runtime(self, proofpack_model_key: str) -> Iterator[ModelRuntime]:
-        """The model's runtime on this worker: model, windows, baseline and preset, loaded lazily, freed after."""
-        from pytest_proofpack.runtime import ModelRuntime
-
-        ctx = self.session.ctx
-        assert ctx is not None
-        runtime = ModelRuntime(ctx, ctx.catalog.models[proofpack_model_key])
-        yield runtime
-        runtime.close()
-
-    @pytest.fixture
-    def proofpack_outcome(self, request: pytest.FixtureRequest, proofpack_model_key: str,
-                          proofpack_case: Case) -> ScenarioOutcome:
-        """Run the scenario (setup phase: infrastructure trouble is an error) and judge its expectation."""
+    def outcome(self, request: pytest.FixtureRequest, case: Case) -> ScenarioOutcome:
+        """Run ``case`` (or reuse its stored report), attach its evidence to the item and judge its expectation."""
         from pytest_proofpack.expectations import judge
         from pytest_proofpack.runtime import describe_error
 
         node = request.node
-        case = proofpack_case
         t0 = time.perf_counter()
         try:
             with scenario_timeout(self.session.options.timeout):
@@ -118,18 +143,15 @@ class WorkerRole:
         return report
 
     # -- a model reserved on several devices: its items run in the reservation's subprocess -----------------------
-    @pytest.fixture(scope="session")
-    def proofpack_launcher(self, proofpack_model_key: str,
-                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReservedLauncher]:
-        """The subprocess handle of a reserved model on its leader worker; ended when the worker moves on."""
+    def launcher(self, model_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReservedLauncher]:
+        """The ``proofpack_launcher`` fixture's body: start the reserved model's subprocess handle, end it after."""
         from pytest_proofpack.scheduling.launch import ReservedLauncher
         from pytest_proofpack.scheduling.reservations import RESERVATIONS_FILE
 
         ctx = self.session.ctx
         basetemp = tmp_path_factory.getbasetemp()
-        launcher = ReservedLauncher(self.session.config, proofpack_model_key,
-                                    basetemp / f"launch-{proofpack_model_key}", basetemp.parent / RESERVATIONS_FILE,
-                                    ctx.worker_id if ctx else "")
+        launcher = ReservedLauncher(self.session.config, model_key, basetemp / f"launch-{model_key}",
+                                    basetemp.parent / RESERVATIONS_FILE, ctx.worker_id if ctx else "")
         self._launcher = launcher
         yield launcher
         self._launcher = None

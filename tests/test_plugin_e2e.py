@@ -7,6 +7,7 @@ the oracle engine of :mod:`e2e_support` so every outcome is known in advance.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,31 @@ def test_invalid_catalog_is_a_usage_error_and_writes_nothing(pytester: pytest.Py
                                  "(did you mean 'must_pass'?)*"])
     assert "Traceback" not in result.stderr.str()
     assert not (pytester.path / "run").exists()
+
+
+#: pytest >= 9.1 warns (PytestRemovedIn10Warning) when a fixture of a wider scope than a function is a method bound
+#: to an instance, as a plugin object's fixture is; this conftest makes older pytests warn the same way.
+BOUND_FIXTURE_WARNING = r'''
+
+import warnings
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    bound = getattr(fixturedef.func, "__self__", None)
+    if fixturedef.scope != "function" and bound is not None and not isinstance(bound, type):
+        warnings.warn(pytest.PytestRemovedIn10Warning(
+            f"{fixturedef.scope.capitalize()}-scoped fixtures defined as instance methods are deprecated "
+            f"({fixturedef.argname})"))
+    return (yield)
+'''
+
+
+def test_a_default_run_shows_no_warnings(pytester: pytest.Pytester, suite_args: list[str]) -> None:
+    pytester.makeconftest(ORACLE_CONFTEST + BOUND_FIXTURE_WARNING)
+    result = pytester.runpytest_subprocess(*suite_args, "-n", "2", "-k", "quant_4bit_clean or nan_injection",
+                                           "-W", "default")
+    result.assert_outcomes(passed=4)
+    assert "warnings" not in result.parseoutcomes()
+    out = result.stdout.str() + result.stderr.str()
+    assert "warnings summary" not in out and re.search(r"\w+Warning\b", out) is None, out
