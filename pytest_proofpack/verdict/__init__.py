@@ -4,6 +4,7 @@ One concern per submodule, each importing only the ones before it:
 
 - :mod:`.cases` — every planned case judged: a judged record per run, or a missing entry;
 - :mod:`.rules` — the suite-level requirements, one function each;
+- :mod:`.binomial` — the exact Clopper–Pearson bound (standard library only);
 - :mod:`.summaries` and :mod:`.matrix` — counts, summaries, false-alarm rate, the detection matrix;
 - :mod:`.compute` — :func:`compute_verdict`, the pure function that assembles the verdict;
 - :mod:`.load` — a run directory or a pack read back (:func:`load_run`);
