@@ -159,6 +159,17 @@ def summaries(
     }
 
 
+#: Whether the pack's false-alarm figure is in-sample: its runs are scored on evaluation-pool windows that neither
+#: calibration (calibration pool) nor tuning (tuning pool) saw, so the thresholds were not fitted to them; their edits
+#: are the calibrated kinds (the tuned settings) and the catalog's benign scenarios. The out-of-sample study with
+#: held-out edit kinds is ``bench/false_alarms.py``.
+SAMPLE_KIND: Final = {
+    "windows": "out-of-sample: evaluation pool, disjoint from the calibration and tuning pools",
+    "edits": "in-sample kinds: the tuned clean settings that calibration also applies (on other windows)",
+    "held_out_study": "bench/false_alarms.py",
+}
+
+
 def false_alarm_rate(records: Sequence[JudgedRecord], missing: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """False alarms on benign edits: must_pass clean-control runs whose report failed a gate.
 
@@ -182,6 +193,7 @@ def false_alarm_rate(records: Sequence[JudgedRecord], missing: Sequence[Mapping[
         "definition": "must_pass clean_control evaluations (clean and benign edits) that failed any gate; each run "
                       "uses its own window sample, distinct from the calibration samples; planned runs without a "
                       "judged report are not evaluations and are listed as unjudged",
+        "sample": SAMPLE_KIND,
     }
 
 
