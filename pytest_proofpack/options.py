@@ -7,6 +7,7 @@ the accepted values (the plugin reports it as a usage error, exit code 4).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -23,32 +24,66 @@ GATE_RULES: Final = ("point", "upper")
 DEVICES: Final = ("auto", "cpu", "cuda")
 DETERMINISM: Final = ("throughput", "strict")
 PROGRESS: Final = ("auto", "live", "lines", "off")
+#: The most runs per scenario (or calibration runs per model) one option may ask for.
+MAX_RUNS: Final = 1000
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
+def _integer(name: str, low: int, high: int) -> Callable[[str], int]:
+    """A parser of an integer from ``low`` to ``high`` for ``--proofpack-<name>``."""
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if len(text.strip()) <= 20 else None
         except ValueError:
-            raise OptionError(f"--proofpack-{name}: {text!r} is not an integer") from None
-        if value < 0:
-            raise OptionError(f"--proofpack-{name}: {value} must be >= 0")
+            value = None
+        if value is None:
+            raise OptionError(f"--proofpack-{name}: {text[:40]!r} is not an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise OptionError(f"--proofpack-{name}: {value} is out of range; accepted: {low} to {high}")
         return value
 
     return parse
 
 
-def _positive_float(name: str) -> Callable[[str], float]:
+def _positive_float(name: str, high: float) -> Callable[[str], float]:
+    """A parser of a finite number in ``(0, high]`` for ``--proofpack-<name>`` (``nan`` and ``inf`` refused)."""
+
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = float(text) if len(text.strip()) <= 40 else math.nan
         except ValueError:
-            raise OptionError(f"--proofpack-{name}: {text!r} is not a number") from None
-        if value <= 0:
-            raise OptionError(f"--proofpack-{name}: {value} must be > 0")
+            raise OptionError(f"--proofpack-{name}: {text[:40]!r} is not a number") from None
+        if not math.isfinite(value) or not 0 < value <= high:
+            raise OptionError(f"--proofpack-{name}: {text[:40]!r} is out of range; accepted: a number > 0 "
+                              f"and <= {high:g}")
         return value
 
     return parse
+
+
+def _run_dir(text: str) -> Path:
+    """``--proofpack-out``: a directory, or a path that can become one (no existing file on its way)."""
+    path = Path(text).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == path else f"lies under the file {candidate}"
+                raise OptionError(f"--proofpack-out: {text} {what}; name a directory (new or a run directory)")
+            break
+    return path
+
+
+def _sign_key(text: str) -> Path:
+    """``--proofpack-sign-key``: a readable Ed25519 private key, checked now rather than when the pack is built."""
+    from pytest_proofpack.errors import PackError
+    from pytest_proofpack.signing import load_signing_key
+
+    path = Path(text).expanduser()
+    try:
+        load_signing_key(path)
+    except PackError as exc:
+        raise OptionError(f"--proofpack-sign-key: {exc}") from None
+    return path
 
 
 def _choice(name: str, accepted: tuple[str, ...]) -> Callable[[str], str]:
@@ -90,12 +125,12 @@ _SPECS: Final[tuple[_Spec, ...]] = (
     _Spec("scenarios", _path, None, "scenarios.json to use instead of the shipped one", metavar="PATH"),
     _Spec("suites", _path, None, "suites.yaml to use instead of the shipped one", metavar="PATH"),
     _Spec("tuned-params", _path, None, "tuned_edit_params.json to use instead of the shipped one", metavar="PATH"),
-    _Spec("out", _path, None, "run directory (default proof_pack_runs/<suite>); reused so --lf resumes",
+    _Spec("out", _run_dir, None, "run directory (default proof_pack_runs/<suite>); reused so --lf resumes",
           metavar="DIR"),
     _Spec("cache", _path, None, "cache root (default $PROOFPACK_CACHE or ~/.cache/pytest_proofpack)", metavar="DIR"),
-    _Spec("clean-runs", _positive_int("clean-runs"), 3, "runs per clean edit scenario", metavar="N"),
-    _Spec("stress-runs", _positive_int("stress-runs"), 2, "runs per stress edit scenario", metavar="N"),
-    _Spec("calibration-runs", _positive_int("calibration-runs"), None,
+    _Spec("clean-runs", _integer("clean-runs", 1, MAX_RUNS), 3, "runs per clean edit scenario", metavar="N"),
+    _Spec("stress-runs", _integer("stress-runs", 1, MAX_RUNS), 2, "runs per stress edit scenario", metavar="N"),
+    _Spec("calibration-runs", _integer("calibration-runs", 1, MAX_RUNS), None,
           "calibration runs per model (default: the suite's eval.calibration_runs, else 5)", metavar="N"),
     _Spec("tier", _choice("tier", TIERS), "balanced", "threshold tier: ratio limit 1.10 (balanced), 1.05 "
           "(conservative), 1.20 (aggressive)", metavar="TIER"),
@@ -113,27 +148,29 @@ _SPECS: Final[tuple[_Spec, ...]] = (
     _Spec("dtype", _text, None, "model dtype (default bfloat16 on GPU, float32 on CPU)", metavar="DTYPE"),
     _Spec("bos", _choice("bos", ("auto", "on", "off")), "auto", "start every window with the BOS token: auto (when "
           "the model's tokenizer adds one), on, off", metavar="MODE"),
-    _Spec("seed", _positive_int("seed"), 42, "seed of window selection, bootstrap and seeded edits", metavar="N"),
+    _Spec("seed", _integer("seed", 0, 2**32 - 1), 42, "seed of window selection, bootstrap and seeded edits",
+          metavar="N"),
     _Spec("shard", _text, None, "run shard K of N (split by model); merge with `proofpack merge`", metavar="K/N"),
-    _Spec("sign-key", _path, None, "Ed25519 private key (PEM) that signs the pack; default: an ephemeral key",
+    _Spec("sign-key", _sign_key, None, "Ed25519 private key (PEM) that signs the pack; default: an ephemeral key",
           metavar="PEM"),
     _Spec("gpg", _text, False, "also write a GPG detached signature of the manifest (needs gpg)", flag=True),
     _Spec("no-pack", _text, False, "write the verdict but not the proof pack", flag=True),
     _Spec("rerun", _text, False, "recompute scenarios whose stored record matches the current config", flag=True),
     _Spec("save-models", _text, False, "also save each edited model as safetensors under the run directory",
           flag=True),
-    _Spec("backup-ram", _positive_int("backup-ram"), 64, "MiB of RAM a scenario's change may hold for the "
+    _Spec("backup-ram", _integer("backup-ram", 0, 1 << 24), 64, "MiB of RAM a scenario's change may hold for the "
           "bit-exact backups of the CPU tensors it touches; the rest goes to an unlinked scratch file under the "
           "cache directory until the restore (0: all of it)", metavar="MIB"),
-    _Spec("gpu-memory", _positive_float("gpu-memory"), None, "usable GiB per GPU (overrides NVML)", metavar="GB"),
-    _Spec("timeout", _positive_float("timeout"), None, "seconds one scenario may take before it is an error",
-          metavar="S"),
+    _Spec("gpu-memory", _positive_float("gpu-memory", 100_000), None, "usable GiB per GPU (overrides NVML)",
+          metavar="GB"),
+    _Spec("timeout", _positive_float("timeout", 30 * 86_400), None,
+          "seconds one scenario may take before it is an error", metavar="S"),
     _Spec("progress", _choice("progress", PROGRESS), "auto", "progress of long phases (model load, tokenization, "
           "baseline, tuning, calibration): live (a status line per xdist worker, redrawn), lines (one line per "
           "finished phase), off; auto: live on a terminal with -n, else lines", metavar="MODE"),
     _Spec("determinism", _choice("determinism", DETERMINISM), "throughput",
           "throughput (TF32, cuDNN benchmark) or strict (deterministic algorithms)", metavar="MODE"),
-    _Spec("repeats", _positive_int("repeats"), 0,
+    _Spec("repeats", _integer("repeats", 0, 100), 0,
           "evaluate the first clean scenario N extra times per model and record the spread", metavar="N"),
     _Spec("skip-disk-check", _text, False, "do not refuse to start when disk space looks short", flag=True),
 )

@@ -1,4 +1,6 @@
-"""Disk preflight: estimate what the cache and the run directory will need and refuse early when space is short.
+"""Preflight checks before any model loads: disk space, and edit scopes against local models' layer counts.
+
+Disk: estimate what the cache and the run directory will need and refuse early when space is short.
 
 Estimate (bytes), documented so a user can check it by hand:
 
@@ -18,8 +20,9 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from pytest_proofpack.bounded import loads_json
 from pytest_proofpack.errors import ProofpackError
 
 if TYPE_CHECKING:
@@ -75,3 +78,44 @@ def check_disk(cases: Sequence[Case], cache: Path, run_dir: Path, *, save_models
                 f"{need / GIB:.1f} GiB (cache {cache_need / GIB:.1f} GiB, run directory {run_need / GIB:.1f} GiB); "
                 "free space, point --proofpack-cache/--proofpack-out elsewhere, or pass --proofpack-skip-disk-check"
             )
+
+
+#: config.json keys that give a model's block count, by architecture family.
+_LAYER_KEYS: Final = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def _local_layer_count(path: str) -> int | None:
+    """The block count a local model's config.json states, or None when it cannot be read cheaply."""
+    config = Path(path) / "config.json"
+    try:
+        if config.stat().st_size > 1 << 20:
+            return None
+        data = loads_json(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    counts = [data.get(k) for k in _LAYER_KEYS] if isinstance(data, dict) else []
+    return next((n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n > 0), None)
+
+
+def check_layer_scopes(cases: Sequence[Case], scenarios_file: str) -> None:
+    """A scenario's edit scope names only layers the model has, where the model's config is at hand (a local
+    model): an out-of-range layer is an error now, not after the model has loaded.
+
+    Raises :class:`ProofpackError` naming the scenario, the scope, the model and its layer range.
+    """
+    from pytest_proofpack.edits.spec import parse_scope
+
+    layers: dict[str, int | None] = {}
+    for case in cases:
+        if case.edit_spec is None or case.model.source != "local" or not case.model.path:
+            continue
+        if case.model.key not in layers:
+            layers[case.model.key] = _local_layer_count(case.model.path)
+        count = layers[case.model.key]
+        scope = parse_scope(case.edit_spec.rsplit(":", 1)[-1])
+        if count is None or scope.layers is None or scope.layers[1] < count:
+            continue
+        raise ProofpackError(
+            f"{scenarios_file}: scenario {case.scenario.id}: scope '{scope}' names layer {scope.layers[1]}, but "
+            f"model {case.model.key} has {count} layers (0-{count - 1}); fix the scope or the tuned entry"
+        )

@@ -16,10 +16,14 @@ from typing import Any
 
 import yaml
 
+from pytest_proofpack.bounded import MAX_TEXT_BYTES, BoundError, loads_json, loads_yaml
 from pytest_proofpack.errors import CatalogError
 from pytest_proofpack.suggest import did_you_mean
 
-__all__ = ["check_schema", "default_paths", "error_at", "one_of", "read_document"]
+__all__ = [
+    "COMMENT_KEYS", "MAX_NAME_LENGTH", "check_int", "check_keys", "check_mapping", "check_name", "check_schema",
+    "default_paths", "error_at", "one_of", "read_document",
+]
 
 
 def _data_dir() -> Path:
@@ -56,19 +60,26 @@ def one_of(path: Path, where: str, value: object, accepted: Sequence[str]) -> st
 def read_document(path: Path) -> Any:
     """The parsed content of ``path``: YAML for ``.yaml``/``.yml``, JSON otherwise.
 
-    Raises :class:`CatalogError` for a missing or unreadable file, and for a syntax error with its line and
-    column (counted from 1, as editors do).
+    Raises :class:`CatalogError` for a missing, unreadable or oversized file, a directory, a syntax error (with
+    its line and column, counted from 1 as editors do), a YAML alias, nesting past
+    :data:`~pytest_proofpack.bounded.MAX_DEPTH` and a number too long to read.
     """
+    if path.is_dir():
+        raise CatalogError(f"{path}: is a directory; pass the file itself (e.g. {path / 'scenarios.json'})")
     if not path.is_file():
         raise CatalogError(f"{path}: file not found; pass an existing file or drop the option to use the default")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise CatalogError(f"{path}: larger than {MAX_TEXT_BYTES >> 20} MiB; a catalog file is a few hundred KiB")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{path}: cannot read ({exc}); pass a readable UTF-8 file") from None
     try:
         if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        return json.loads(text)
+            return loads_yaml(text)
+        return loads_json(text)
+    except BoundError as exc:
+        raise CatalogError(f"{path.name}: {exc}") from None
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise CatalogError(f"{path.name}: {where}: not valid JSON: {exc.msg}") from None
@@ -91,3 +102,46 @@ def check_schema(path: Path, doc: object, expected: str) -> Mapping[str, Any]:
     if version != 1:
         raise error_at(path, "$.schema_version", f"unsupported version {version!r}; accepted: 1")
     return doc
+
+
+#: Keys every object of a catalog file may carry as free text (ignored by the plugin).
+COMMENT_KEYS = frozenset({"description", "note", "notes"})
+#: The longest scenario id, model key or suite name: each becomes a path component of the run directory.
+MAX_NAME_LENGTH = 100
+
+
+def check_keys(path: Path, where: str, raw: Mapping[str, Any], accepted: Sequence[str]) -> None:
+    """An error for the first key of ``raw`` that is neither ``accepted`` nor a comment key (with "did you
+    mean")."""
+    for key in raw:
+        if key not in accepted and key not in COMMENT_KEYS:
+            hint = did_you_mean(str(key), accepted)
+            raise error_at(path, f"{where}.{key}", f"unknown field{hint}; accepted: {', '.join(accepted)}")
+
+
+def check_name(path: Path, where: str, name: object, what: str) -> str:
+    """``name`` when it is a usable path component: letters, digits, ``_``, ``-``, ``.``, not starting with ``.``,
+    at most :data:`MAX_NAME_LENGTH` characters."""
+    if not isinstance(name, str) or not name or name.startswith(".") or \
+            not name.replace("_", "").replace("-", "").replace(".", "").isalnum() or not name.isascii():
+        raise error_at(path, where, f"{name!r} is not a valid {what}; use ASCII letters, digits, '_', '-' and '.'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise error_at(path, where, f"{what} of {len(name)} characters is too long; at most {MAX_NAME_LENGTH}")
+    return name
+
+
+def check_int(path: Path, where: str, value: object, low: int, high: int) -> int:
+    """``value`` when it is an integer (not a bool) in ``[low, high]``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise error_at(path, where, f"{shown} must be an integer from {low} to {high}")
+    return value
+
+
+def check_mapping(path: Path, where: str, value: object, what: str) -> Mapping[str, Any]:
+    """``value`` when it is an object (``None`` reads as an empty one); else an error naming ``what`` it holds."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise error_at(path, where, f"must be an object of {what}, got {type(value).__name__} {value!r:.40}")
+    return value

