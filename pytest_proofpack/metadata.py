@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_proofpack import ENGINE_VERSION, __version__
-from pytest_proofpack.results import atomic_write_json
+from pytest_proofpack.results import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     from pytest_proofpack.catalog import Case
@@ -62,9 +61,7 @@ def write_metadata(ctx: RunContext, cases: Sequence[Case]) -> None:
     meta.mkdir(parents=True, exist_ok=True)
     for name, target in (("scenarios", "scenarios.json"), ("suites", "suites.yaml"),
                          ("tuned", "tuned_edit_params.json")):
-        tmp = meta / f".{target}.tmp"
-        shutil.copyfile(ctx.catalog.paths[name], tmp)
-        tmp.replace(meta / target)
+        atomic_write_bytes(meta / target, ctx.catalog.paths[name].read_bytes())
     env = environment()
     env.update(plugin_version=__version__, engine_version=ENGINE_VERSION, determinism=ctx.options.determinism,
                device=ctx.options.device)
