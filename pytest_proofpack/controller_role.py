@@ -17,7 +17,7 @@ from pytest_proofpack import ENGINE_VERSION, __version__
 from pytest_proofpack.errors import ProofpackError
 from pytest_proofpack.metadata import record_revision, write_metadata
 from pytest_proofpack.pytest_private import junit_xml
-from pytest_proofpack.results import planned_keys, read_run_json, stale_reason, write_run_json
+from pytest_proofpack.results import planned_keys, read_run_json, stale_reason, with_evidence, write_run_json
 from pytest_proofpack.scenario_records import proofpack_properties, record_for
 
 if TYPE_CHECKING:
@@ -46,12 +46,32 @@ class ControllerRole:
         write_run_json(ctx.run_dir, {
             "suite": ctx.suite.name, "config_digest": ctx.config_digest, "config": ctx.config,
             "scenarios_digest": ctx.config["catalog_digest"], "engine_version": ENGINE_VERSION,
-            "plugin_version": __version__, "shard": proofpack.options.shard,
+            "plugin_version": __version__, **self._plan_and_shard(),
             "models": [{"key": m.key, "hub_id": m.hub_id, "revision": m.revision}
                        for m in {c.model.key: c.model for c in proofpack.cases}.values()],
             "planned": planned_keys(proofpack.cases),
         })
         write_metadata(ctx, proofpack.cases)
+
+    def _plan_and_shard(self) -> dict[str, Any]:
+        """run.json's ``plan`` (the command line's, every shard) and ``shard`` (see :mod:`pytest_proofpack.pack.
+        coverage`)."""
+        from pytest_proofpack.catalog import parse_shard
+        from pytest_proofpack.pack.coverage import plan_digest
+
+        proofpack = self.session
+        assert proofpack.ctx is not None
+        options = proofpack.options
+        every = planned_keys(proofpack.plan_cases)
+        plan = {"models": list(dict.fromkeys(c.model.key for c in proofpack.plan_cases)),
+                "scenario_suite": proofpack.ctx.suite.scenario_suite, "clean_runs": options.clean_runs,
+                "stress_runs": options.stress_runs, "cases": len(every), "digest": plan_digest(every)}
+        shard = None
+        if options.shard:
+            index, count = parse_shard(options.shard)
+            shard = {"index": index, "count": count,
+                     "models": list(dict.fromkeys(c.model.key for c in proofpack.cases))}
+        return {"plan": plan, "shard": shard}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         store = self.session.store
@@ -60,6 +80,7 @@ class ControllerRole:
         record = record_for(report, store.config_digest)
         if record is None:
             return
+        record = with_evidence(record, store.run_dir)
         props = proofpack_properties(report)
         if props.get("model_revision"):
             record_revision(store.run_dir, record.model, props["model_revision"], props.get("model_source", ""))
@@ -72,12 +93,12 @@ class ControllerRole:
             return
         if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR):
             return
-        from pytest_proofpack.verdict import compute_verdict, load_run, write_results
+        from pytest_proofpack.pack.coverage import run_verdict
+        from pytest_proofpack.verdict import load_run, write_results
 
         try:
             loaded = load_run(proofpack.ctx.run_dir)
-            verdict = compute_verdict(loaded.scenarios, loaded.planned, loaded.results,
-                                      stale_records=loaded.stale_records)
+            verdict = run_verdict(loaded, stale_records=loaded.stale_records)
             write_results(proofpack.ctx.run_dir / "results", verdict)
             self.verdict = verdict
             if not proofpack.options.no_pack:
@@ -90,7 +111,8 @@ class ControllerRole:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
             return
         self._junit_properties(session)
-        if verdict.get("verdict") != "PASS" and session.exitstatus == pytest.ExitCode.OK:
+        # A shard's PARTIAL verdict does not fail its job: the merge of every shard gives the final verdict.
+        if verdict.get("verdict") not in ("PASS", "PARTIAL") and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _junit_properties(self, session: pytest.Session) -> None:
@@ -134,9 +156,13 @@ class ControllerRole:
         failed = self.verdict.get("failed_requirements", [])
         verdict = self.verdict.get("verdict")
         reporter.write_line(f"verdict: {verdict}" + (f" ({len(failed)} failed requirements)" if failed else ""),
-                            green=verdict == "PASS", red=verdict != "PASS", bold=True)
+                            green=verdict == "PASS", yellow=verdict == "PARTIAL",
+                            red=verdict not in ("PASS", "PARTIAL"), bold=True)
         for req in failed[:10]:
             reporter.write_line(f"  - {req.get('requirement')}: {req.get('message')}")
+        if verdict == "PARTIAL":
+            reporter.write_line("  this shard covers part of the command line's plan: `proofpack merge` its run "
+                                "directory with the other shards' for the final verdict")
         reporter.write_line(f"results: {ctx.run_dir / 'results' / 'final_verdict.json'}")
         if self.pack_path:
             reporter.write_line(f"proof pack: {self.pack_path}  (check it: proofpack verify {self.pack_path} --strict)")

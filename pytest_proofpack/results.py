@@ -12,6 +12,8 @@ A record whose ``config_digest`` differs from the current one is *stale*: never 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -94,6 +96,9 @@ class Record:
     duration_s: float
     nodeid: str
     reused: bool = False
+    #: ``{path relative to the run directory: sha256}`` of every file of the report's directory, taken when the
+    #: controller wrote the record (``proofpack merge`` checks a shard's evidence against it).
+    evidence: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,15 +106,38 @@ class Record:
             "config_digest": self.config_digest, "outcome": self.outcome, "error_class": self.error_class,
             "error_message": self.error_message, "report": self.report, "duration_s": round(self.duration_s, 3),
             "nodeid": self.nodeid, "reused": self.reused,
+            **({"evidence_sha256": dict(self.evidence)} if self.evidence is not None else {}),
         }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Record:
         if d.get("schema") != RECORD_SCHEMA:
             raise ValueError(f"schema {d.get('schema')!r} is not {RECORD_SCHEMA}")
+        evidence = d.get("evidence_sha256")
         return cls(str(d["model"]), str(d["scenario"]), int(d["run"]), str(d["config_digest"]),
                    str(d["outcome"]), d.get("error_class"), d.get("error_message"), d.get("report"),
-                   float(d.get("duration_s", 0.0)), str(d.get("nodeid", "")), bool(d.get("reused", False)))
+                   float(d.get("duration_s", 0.0)), str(d.get("nodeid", "")), bool(d.get("reused", False)),
+                   dict(evidence) if isinstance(evidence, Mapping) else None)
+
+
+def evidence_digests(run_dir: Path, report: str) -> dict[str, str]:
+    """``{relative path: sha256}`` of every regular file in the directory of the report ``report`` (relative to
+    ``run_dir``): the evidence a record vouches for. Empty when the directory does not exist."""
+    directory = (run_dir / report).parent
+    found: dict[str, str] = {}
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and not path.is_symlink():
+            found[path.relative_to(run_dir).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def with_evidence(record: Record, run_dir: Path) -> Record:
+    """``record`` with the digests of its report directory's files (unchanged when it has no report)."""
+    if not record.report:
+        return record
+    return dataclasses.replace(record, evidence=evidence_digests(run_dir, record.report))
 
 
 class ResultStore:

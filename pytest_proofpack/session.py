@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import pytest
 
 from pytest_proofpack import EDITS_VERSION, ENGINE_VERSION
-from pytest_proofpack.errors import ProofpackError
+from pytest_proofpack.errors import OptionError, ProofpackError
 from pytest_proofpack.nodeid import TEST_NAME, CaseId
 from pytest_proofpack.options import Options, read_options
 from pytest_proofpack.registries import Registries, session_registries
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 ANCHOR: Final = Path(__file__).with_name("scenario_anchor.py")
 ANCHOR_NODEID: Final = "proofpack"
+#: The most scenario runs one command line may expand into.
+MAX_CASES: Final = 100_000
 
 
 class ProofpackSession:
@@ -45,7 +47,8 @@ class ProofpackSession:
         self.registries = registries  # this session's edits, faults and corpus providers, filled through hooks
         self.is_worker = hasattr(config, "workerinput")
         self.catalog: Catalog | None = None
-        self.cases: list[Case] = []
+        self.cases: list[Case] = []  # the cases this process collects (this shard's)
+        self.plan_cases: list[Case] = []  # every case of the command line (all shards)
         self.ctx: RunContext | None = None
         self.store: ResultStore | None = None
         self.notes: list[str] = []  # shown in the controller's terminal summary
@@ -83,11 +86,15 @@ class ProofpackSession:
         catalog = load_catalog(options.scenarios, options.suites, options.tuned_params, registries=self.registries)
         suite = catalog.suite(options.suite)
         shard = parse_shard(options.shard) if options.shard else None
-        self.cases = catalog.expand(options.suite, models=options.models or None, clean_runs=options.clean_runs,
-                                    stress_runs=options.stress_runs, shard=shard)
+        self.plan_cases = catalog.expand(options.suite, models=options.models or None,
+                                         clean_runs=options.clean_runs, stress_runs=options.stress_runs)
+        self.cases = self._shard_cases(shard)
+        from pytest_proofpack.preflight import check_layer_scopes
+
+        check_layer_scopes(self.cases, catalog.paths["scenarios"].name)
         dataset = parse_dataset_option(options.dataset, catalog.datasets) if options.dataset else \
             dict(catalog.datasets[suite.dataset])
-        config = run_config(options, catalog, suite, self.cases, dataset)
+        config = run_config(options, catalog, suite, self.plan_cases, dataset)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         run_dir = (options.out or Path("proof_pack_runs") / suite.name).resolve()
         worker = os.environ.get("PYTEST_XDIST_WORKER", "master")
@@ -100,10 +107,31 @@ class ProofpackSession:
         self.config.addinivalue_line("python_functions", TEST_NAME)
         if not self.is_worker:
             self._register_scheduler()
-            if not (options.skip_disk_check or self.config.option.collectonly):
-                from pytest_proofpack.preflight import check_disk
+            if not self.config.option.collectonly:
+                if not options.skip_disk_check:
+                    from pytest_proofpack.preflight import check_disk
 
-                check_disk(self.cases, self.ctx.cache, run_dir, save_models=options.save_models)
+                    check_disk(self.cases, self.ctx.cache, run_dir, save_models=options.save_models)
+                from pytest_proofpack.run_lock import lock_run_dir
+
+                self.config.add_cleanup(lock_run_dir(run_dir).release)
+
+    def _shard_cases(self, shard: tuple[int, int] | None) -> list[Case]:
+        """The plan's cases this shard runs; raises :class:`ProofpackError` when there are too many cases or the
+        shard would run none."""
+        if len(self.plan_cases) > MAX_CASES:
+            raise OptionError(f"--proofpack-suite {self.options.suite}: {len(self.plan_cases)} scenario runs; at "
+                              f"most {MAX_CASES}: lower --proofpack-clean-runs / --proofpack-stress-runs or the models")
+        if shard is None:
+            return list(self.plan_cases)
+        from pytest_proofpack.catalog.expansion import shard_models
+
+        keys = list(dict.fromkeys(c.model.key for c in self.plan_cases))
+        kept = set(shard_models(keys, shard))
+        if not kept:
+            raise OptionError(f"--proofpack-shard {shard[0]}/{shard[1]}: the suite runs {len(keys)} model(s), so "
+                              f"shard {shard[0]} would run nothing; use at most {len(keys)} shards")
+        return [c for c in self.plan_cases if c.model.key in kept]
 
     def _register_scheduler(self) -> None:
         """Controller only: the GPU-aware xdist scheduler and per-worker device pinning (no-ops without -n)."""
@@ -125,7 +153,7 @@ class ProofpackSession:
         """The line ``pytest_report_header`` shows (None without a suite)."""
         if self.ctx is None:
             return None
-        models = ", ".join(self.ctx.config["models"])
+        models = ", ".join(dict.fromkeys(c.model.key for c in self.cases))
         lines = [f"proofpack: suite {self.ctx.suite.name} ({len(self.cases)} scenario runs; models {models}); "
                  f"run dir {self.ctx.run_dir}; config {self.ctx.config_digest[:12]}"]
         assert self.catalog is not None
@@ -159,7 +187,10 @@ class ProofpackSession:
 
 def run_config(options: Options, catalog: Catalog, suite: Suite, cases: Sequence[Case],
                dataset: dict[str, Any]) -> dict[str, Any]:
-    """What determines a scenario run's numbers; its digest keys the records a later session may reuse."""
+    """What determines a scenario run's numbers; its digest keys the records a later session may reuse.
+
+    ``cases`` are every case of the command line, so the shards of one command line share one digest (the shard
+    split and run counts are recorded beside it in run.json, not in it)."""
     return {
         "suite": suite.name, "catalog_digest": catalog.digest(), "engine_version": ENGINE_VERSION,
         "edits_version": EDITS_VERSION, "models": sorted({c.model.key for c in cases}), "dataset": dataset,

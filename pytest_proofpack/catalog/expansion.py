@@ -23,7 +23,11 @@ from pytest_proofpack.errors import CatalogError
 from pytest_proofpack.models import AssetRef, ModelEntry
 from pytest_proofpack.suggest import did_you_mean
 
-__all__ = ["MODEL_SLOTS", "Catalog", "parse_shard"]
+__all__ = ["MAX_SHARDS", "MODEL_SLOTS", "Catalog", "catalog_digest", "in_scenario_suite", "parse_shard", "plan_cases",
+           "runs_of", "shard_models"]
+
+#: The most shards one command line may be split into.
+MAX_SHARDS: Final = 1000
 
 MODEL_SLOTS: Final = tuple(f"MODEL_{i}" for i in range(1, 9))
 """Environment variables that replace (or, past the end, append to) a suite's i-th model."""
@@ -52,10 +56,7 @@ class Catalog:
 
     def digest(self) -> str:
         """sha256 over the three files' canonical JSON: changes whenever a scenario, suite or tuned value does."""
-        h = hashlib.sha256()
-        for name in ("scenarios", "suites", "tuned"):
-            h.update(json.dumps(read_document(self.paths[name]), sort_keys=True).encode())
-        return h.hexdigest()
+        return catalog_digest(self.paths)
 
     def tuned_entry(self, model: ModelEntry, edit_type: str) -> Mapping[str, Any] | None:
         """The tuned entry of ``edit_type`` for ``model`` (by key, then hub id), else the default, else ``None``."""
@@ -117,14 +118,13 @@ class Catalog:
         suite = self.suite(suite_name)
         entries = self.resolve_models(suite, models, env)
         if shard is not None:
-            k, n = shard
-            order = sorted(e.key for e in entries)
-            entries = [e for e in entries if order.index(e.key) % n == k - 1]
-        scenarios = [s for s in self.scenarios if not s.suites or suite.scenario_suite in s.suites]
+            kept = set(shard_models([e.key for e in entries], shard))
+            entries = [e for e in entries if e.key in kept]
+        scenarios = [s for s in self.scenarios if in_scenario_suite(s.suites, suite.scenario_suite)]
         cases: list[Case] = []
         for entry in entries:
             for scenario in scenarios:
-                runs = {"clean": clean_runs, "stress": stress_runs}.get(scenario.category, 1)
+                runs = runs_of(scenario.category, clean_runs, stress_runs)
                 spec, skip = self._concrete_spec(entry, scenario)
                 cases.extend(Case(entry, scenario, run, spec, skip) for run in range(1, runs + 1))
         return cases
@@ -158,13 +158,56 @@ class Catalog:
         return found
 
 
+def catalog_digest(paths: Mapping[str, Path]) -> str:
+    """sha256 over the canonical JSON of the ``scenarios``, ``suites`` and ``tuned`` files of ``paths`` (a run's
+    ``catalog_digest``; a pack recomputes it from its ``metadata/`` copies). Raises :class:`CatalogError`."""
+    h = hashlib.sha256()
+    for name in ("scenarios", "suites", "tuned"):
+        h.update(json.dumps(read_document(paths[name]), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def parse_shard(text: str) -> tuple[int, int]:
-    """``K/N`` with 1 ≤ K ≤ N → ``(K, N)``; raises CatalogError naming the option otherwise."""
+    """``K/N`` with 1 ≤ K ≤ N ≤ :data:`MAX_SHARDS` → ``(K, N)``; raises CatalogError naming the option otherwise."""
     try:
         k_text, n_text = text.split("/")
+        if len(k_text.strip()) > 6 or len(n_text.strip()) > 6:
+            raise ValueError(text)
         k, n = int(k_text), int(n_text)
     except ValueError:
-        raise CatalogError(f"--proofpack-shard: {text!r} is not K/N (e.g. 2/4)") from None
-    if not 1 <= k <= n:
-        raise CatalogError(f"--proofpack-shard: {text!r} needs 1 <= K <= N")
+        raise CatalogError(f"--proofpack-shard: {text[:40]!r} is not K/N (e.g. 2/4)") from None
+    if not 1 <= k <= n <= MAX_SHARDS:
+        raise CatalogError(f"--proofpack-shard: {text!r} needs 1 <= K <= N <= {MAX_SHARDS}")
     return k, n
+
+
+def shard_models(keys: Sequence[str], shard: tuple[int, int]) -> list[str]:
+    """The model keys shard ``(k, n)`` runs: those whose position in the sorted key list is ``k-1`` modulo ``n``,
+    in the order of ``keys``."""
+    k, n = shard
+    order = sorted(set(keys))
+    return [key for key in keys if order.index(key) % n == k - 1]
+
+
+def runs_of(category: str, clean_runs: int, stress_runs: int) -> int:
+    """How many runs a scenario of ``category`` gets: ``clean_runs``, ``stress_runs``, or one (a fault)."""
+    return {"clean": clean_runs, "stress": stress_runs}.get(category, 1)
+
+
+def in_scenario_suite(suites: Sequence[str], scenario_suite: str) -> bool:
+    """A scenario listing ``suites`` belongs to ``scenario_suite`` (a scenario listing none belongs to all)."""
+    return not suites or scenario_suite in suites
+
+
+def plan_cases(models: Sequence[str], scenarios: Sequence[Mapping[str, Any]], scenario_suite: str,
+               clean_runs: int, stress_runs: int) -> list[tuple[str, str, int]]:
+    """The sorted ``(model, scenario id, run)`` cases :meth:`Catalog.expand` makes of scenarios.json entries
+    (``id``, ``category``, ``suites``) for ``models``: what a run directory or pack's plan must be."""
+    cases: set[tuple[str, str, int]] = set()
+    for scenario in scenarios:
+        suites = scenario.get("suites") or []
+        if not in_scenario_suite([str(s) for s in suites] if isinstance(suites, list) else [], scenario_suite):
+            continue
+        runs = runs_of(str(scenario.get("category")), clean_runs, stress_runs)
+        cases.update((model, str(scenario.get("id")), run) for model in models for run in range(1, runs + 1))
+    return sorted(cases)

@@ -19,16 +19,19 @@ from typing import Any, Final
 
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.html_report import render_index
+from pytest_proofpack.pack.coverage import run_verdict
 from pytest_proofpack.pack.layout import walk_files
 from pytest_proofpack.pack.seal import seal_pack
 from pytest_proofpack.results import atomic_write_text
 from pytest_proofpack.signing import load_signing_key
-from pytest_proofpack.verdict import compute_verdict, dump_json, load_run, write_results
+from pytest_proofpack.verdict import dump_json, load_run, write_results
 
 __all__ = ["build_pack"]
 
 #: Run-directory trees copied into the pack as they are (paths scrubbed).
 _PACK_DIRS: Final = ("reports", "metadata")
+#: Catalog copies under metadata/, copied byte for byte: verify recomputes the catalog digest the run recorded.
+_CATALOG_COPIES: Final = frozenset({"scenarios.json", "tuned_edit_params.json"})
 #: Packages whose versions describe the environment when the run did not record one.
 _ENVIRONMENT_PACKAGES: Final = ("pytest-proofpack", "torch", "transformers", "cryptography", "numpy", "pytest")
 
@@ -59,7 +62,8 @@ def _replacements(run_dir: Path) -> list[tuple[str, str]]:
 def _copy_file(src: Path, dst: Path, replacements: Replacements) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
-    if src.suffix == ".json" and any(old.encode() in data for old, _ in replacements):
+    scrub = src.suffix == ".json" and src.name not in _CATALOG_COPIES
+    if scrub and any(old.encode() in data for old, _ in replacements):
         try:
             obj = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -108,12 +112,15 @@ def _stage(run_dir: Path, stage: Path) -> None:
         if json.loads(rec.read_text(encoding="utf-8")).get("config_digest") == digest:
             _copy_file(rec, stage / rec.relative_to(run_dir), replacements)
     (stage / "metadata").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stage / "metadata" / "run.json", dump_json(_scrub(dict(loaded.run), replacements)))
+    run = _scrub(dict(loaded.run), replacements)
+    if run.get("config") != loaded.run.get("config"):
+        run["config_scrubbed"] = True  # its digest was taken before the machine's paths were replaced
+    atomic_write_text(stage / "metadata" / "run.json", dump_json(run))
     if not (stage / "metadata" / "environment.json").is_file():
         atomic_write_text(stage / "metadata" / "environment.json", dump_json(_environment()))
     # The pack's verdict is computed from the pack's own content, exactly as `verify` will recompute it.
     packed = load_run(stage)
-    verdict = compute_verdict(packed.scenarios, packed.planned, packed.results)
+    verdict = run_verdict(packed)
     write_results(stage / "results", verdict)
     reports = {r.path: r.report for r in packed.results if r.path and r.report is not None}
     atomic_write_text(stage / "index.html", render_index(verdict, reports))

@@ -1,9 +1,12 @@
-"""``proofpack merge``: the run directories of shards of one configuration unioned into one run and its pack.
+"""``proofpack merge``: the run directories of the shards of one command line unioned into one run and its pack.
 
-Shards must agree on what defines the configuration (:data:`_SAME_IN_EVERY_SHARD`) and on each model's
-description; their planned cases are unioned. A file present in two shards must be identical, except
-``metadata/`` JSON objects, which are unioned when they agree key by key, and ``metadata/environment.json``,
-which is taken from the first shard.
+Each shard is checked first (:mod:`.shard_checks`): bounded regular files, run.json consistent with its own
+catalog and plan, and every record's evidence unchanged since the run. The shards must then come from one command
+line: one config digest, one plan, one shard count, each shard index once. A shard of the plan that holds models
+but is not given is refused, unless ``allow_partial``: the merged run then records the missing shards and its
+verdict is ``PARTIAL`` (see :mod:`.coverage`). A file present in two shards must be identical, except
+``metadata/`` JSON objects, which are unioned when they agree key by key (objects recursively), and
+``metadata/environment.json``, which is taken from the first shard.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_proofpack.catalog.expansion import shard_models
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.pack.build import build_pack
+from pytest_proofpack.pack.coverage import plan_of
 from pytest_proofpack.pack.layout import walk_files
+from pytest_proofpack.pack.shard_checks import load_shard
 from pytest_proofpack.results import atomic_write_text
-from pytest_proofpack.verdict import dump_json, load_run
+from pytest_proofpack.verdict import dump_json
 
 __all__ = ["merge_runs"]
 
@@ -30,29 +36,71 @@ _MERGED_DIRS: Final = ("records", "reports", "metadata")
 _FIRST_SHARD_WINS: Final = "metadata/environment.json"
 
 
-def _check_one_configuration(run_dirs: Sequence[Path], runs: Sequence[Mapping[str, Any]]) -> None:
+def _refuse(run_dir: Path, what: str) -> PackError:
+    return PackError(f"cannot merge {run_dir}: {what}", exit_code=2)
+
+
+def _check_one_command_line(run_dirs: Sequence[Path], runs: Sequence[Mapping[str, Any]]) -> dict[int, Path]:
+    """The shards agree on the configuration, the plan and the shard count; returns shard index -> run dir."""
     first = runs[0]
     for run_dir, run in zip(run_dirs[1:], runs[1:], strict=True):
         for key in _SAME_IN_EVERY_SHARD:
             if run.get(key) != first.get(key):
-                raise PackError(
-                    f"cannot merge {run_dir} into {run_dirs[0]}: {key} differs "
-                    f"({run.get(key)!r} vs {first.get(key)!r}); merge only shards of one configuration"
-                )
+                raise _refuse(run_dir, f"{key} differs ({str(run.get(key))[:24]!r} vs {str(first.get(key))[:24]!r} in "
+                                       f"{run_dirs[0]}); merge only the shards of one command line")
+        if (plan_of(run) or {}).get("digest") != (plan_of(first) or {}).get("digest"):
+            raise _refuse(run_dir, f"its plan differs from {run_dirs[0]}'s (other models or run counts); merge only "
+                                   "the shards of one command line")
+        if run["shard"].get("count") != first["shard"].get("count"):
+            raise _refuse(run_dir, f"shard {run['shard'].get('index')}/{run['shard'].get('count')} is not of the "
+                                   f"{first['shard'].get('count')} shards of {run_dirs[0]}")
+    by_index: dict[int, Path] = {}
+    for run_dir, run in zip(run_dirs, runs, strict=True):
+        index = int(run["shard"]["index"])
+        if index in by_index:
+            raise _refuse(run_dir, f"shard {index}/{run['shard']['count']} is given twice (also {by_index[index]})")
+        by_index[index] = run_dir
+    return by_index
 
 
-def _merged_run(run_dirs: Sequence[Path], runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The first shard's run.json with every shard's models and planned cases."""
-    models: dict[str, dict[str, Any]] = {}
+def _merged_run(run_dirs: Sequence[Path], runs: Sequence[Mapping[str, Any]], allow_partial: bool) -> dict[str, Any]:
+    """The first shard's run.json with every shard's models and planned cases, and what the merge covers."""
+    present = _check_one_command_line(run_dirs, runs)
+    count = int(runs[0]["shard"]["count"])
+    plan_models = [str(m) for m in (plan_of(runs[0]) or {}).get("models") or []]
+    missing = [k for k in range(1, count + 1) if k not in present and shard_models(plan_models, (k, count))]
+    if missing and not allow_partial:
+        lacking = [m for k in missing for m in shard_models(plan_models, (k, count))]
+        raise PackError(f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing (models "
+                        f"{', '.join(lacking)}); pass every shard's run directory, or --allow-partial for a "
+                        "PARTIAL verdict", exit_code=2)
+    models: dict[str, Any] = {}
     for run_dir, run in zip(run_dirs, runs, strict=True):
         for m in run.get("models") or []:
-            known = models.setdefault(str(m.get("key")), m)
-            if known != m:
-                raise PackError(
-                    f"cannot merge {run_dir}: model {m.get('key')!r} is described differently in the shards"
-                )
+            if models.setdefault(str(m.get("key")), m) != m:
+                raise _refuse(run_dir, f"model {m.get('key')!r} is described differently in the shards")
+    covered = {str(m) for run in runs for m in run["shard"].get("models") or []}
     planned = sorted({(str(a), str(b), int(c)) for run in runs for a, b, c in run.get("planned") or []})
-    return {**runs[0], "models": [models[k] for k in sorted(models)], "planned": [list(p) for p in planned]}
+    return {**runs[0], "models": [models[k] for k in sorted(models)], "planned": [list(p) for p in planned],
+            "shard": None, "merged": {"count": count, "shards": sorted(present), "missing_shards": missing,
+                                      "models": [m for m in plan_models if m in covered]}}
+
+
+def _union(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any] | None:
+    """``x`` and ``y`` unioned key by key (objects recursively), or None where both hold a key with different
+    values."""
+    merged = dict(x)
+    for key, value in y.items():
+        if key not in merged or merged[key] == value:
+            merged[key] = value
+        elif isinstance(merged[key], dict) and isinstance(value, dict):
+            inner = _union(merged[key], value)
+            if inner is None:
+                return None
+            merged[key] = inner
+        else:
+            return None
+    return merged
 
 
 def _merge_json_dicts(a: bytes, b: bytes) -> bytes | None:
@@ -60,9 +108,8 @@ def _merge_json_dicts(a: bytes, b: bytes) -> bytes | None:
         x, y = json.loads(a), json.loads(b)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(x, dict) or not isinstance(y, dict) or any(k in x and x[k] != y[k] for k in y):
-        return None
-    return dump_json({**x, **y}).encode("utf-8")
+    union = _union(x, y) if isinstance(x, dict) and isinstance(y, dict) else None
+    return None if union is None else dump_json(union).encode("utf-8")
 
 
 def _merge_file(run_dir: Path, sub: str, path: Path, stage: Path) -> None:
@@ -100,21 +147,22 @@ def _stage_merged(run_dirs: Sequence[Path], merged: Mapping[str, Any], stage: Pa
     atomic_write_text(stage / "run.json", dump_json(merged))
 
 
-def merge_runs(run_dirs: Sequence[Path], out: Path) -> Path:
-    """Union shard run directories into a new run directory ``out`` and build its pack; return the pack path.
+def merge_runs(run_dirs: Sequence[Path], out: Path, *, allow_partial: bool = False,
+               sign_key: Path | None = None) -> Path:
+    """Union the shard run directories of one command line into a new run directory ``out`` and build its pack
+    (signed with ``sign_key``, else an ephemeral key); return the pack path.
 
-    Refuses (:class:`PackError`, one line) when the runs differ in scenarios_digest, config_digest,
-    engine_version or suite, when a model is described differently, or when the same case (record or report
-    file) appears twice with different content. Metadata JSON objects are unioned when they agree key by key;
-    ``environment.json`` is taken from the first run.
+    Refuses (:class:`PackError`, exit 2, one line) a run directory that fails a check of :mod:`.shard_checks`,
+    shards of different command lines (config, catalog, engine, suite, plan or shard count), a shard given twice,
+    a model described differently, the same case recorded twice with different content, and a missing shard
+    unless ``allow_partial``.
     """
     if not run_dirs:
         raise PackError("merge needs at least one run directory", exit_code=2)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PackError(f"--out {out}: exists and is not empty; choose a new directory", exit_code=2)
-    runs = [load_run(d).run for d in run_dirs]
-    _check_one_configuration(run_dirs, runs)
-    merged = _merged_run(run_dirs, runs)
+    runs = [load_shard(d).run for d in run_dirs]
+    merged = _merged_run(run_dirs, runs, allow_partial)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
     try:
@@ -124,4 +172,4 @@ def merge_runs(run_dirs: Sequence[Path], out: Path) -> Path:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return build_pack(out)
+    return build_pack(out, sign_key=sign_key)

@@ -1,17 +1,23 @@
 """Seal a staged pack: write checksums.sha256, manifest.json and the signature(s) over them.
 
 The Ed25519 DSSE envelope signs an in-toto statement whose subjects are the verdict and checksums.sha256 and
-whose predicate carries manifest.json's digest, so changing any sealed byte breaks the signature.
+whose predicate carries manifest.json's digest, so changing any sealed byte breaks the signature. The predicate
+also states the claims a reader cares about (:func:`signed_claims`): the verdict, the catalog digest, the config
+digest and the plan, which ``proofpack verify`` recomputes from the pack and compares.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Final
 
 from pytest_proofpack.errors import PackError
+from pytest_proofpack.pack.coverage import plan_digest, plan_of
 from pytest_proofpack.pack.layout import (
     CHECKSUMS,
     CONTROL_FILES,
@@ -26,7 +32,22 @@ from pytest_proofpack.results import atomic_write_text
 from pytest_proofpack.signing import SigningKey, gpg_available, gpg_sign, make_statement, sign_statement
 from pytest_proofpack.verdict import dump_json
 
-__all__ = ["seal_pack"]
+__all__ = ["RUN_JSON", "seal_pack", "signed_claims"]
+
+RUN_JSON: Final = "metadata/run.json"
+
+
+def signed_claims(run: Mapping[str, Any]) -> dict[str, Any]:
+    """What the signed statement claims about the run of pack whose run.json is ``run``: its catalog and
+    config digests, the digest of the cases it judged (``planned_digest``) and of its command line's plan."""
+    config = run.get("config")
+    plan = plan_of(run) or {}
+    return {
+        "catalog_digest": config.get("catalog_digest") if isinstance(config, Mapping) else None,
+        "config_digest": run.get("config_digest"),
+        "planned_digest": plan_digest(run.get("planned") or []),
+        "plan_digest": plan.get("digest"),
+    }
 
 
 def _now_z() -> str:
@@ -67,6 +88,7 @@ def seal_pack(pack: Path, key: SigningKey, *, gpg: bool = False, generated_at: s
             "manifest": {"name": MANIFEST, "digest": {"sha256": sha256_file(pack / MANIFEST)}},
             "verdict": manifest["verdict"],
             "suite": manifest["suite"],
+            **signed_claims(json.loads((pack / RUN_JSON).read_text(encoding="utf-8"))),
         },
     )
     atomic_write_text(pack / SIGNATURE, dump_json(sign_statement(statement, key)))
