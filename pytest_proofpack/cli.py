@@ -36,7 +36,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if resolved == pack.resolve() or pack.resolve() in resolved.parents:
             raise PackError(f"--json {json_out}: must be written outside the pack {pack}", exit_code=2)
     result = verify_pack(
-        pack, strict=args.strict, public_key=Path(args.public_key) if args.public_key else None
+        pack, strict=args.strict, public_key=Path(args.public_key) if args.public_key else None,
+        trusted_keys=Path(args.trusted_keys) if args.trusted_keys else None,
     )
     if json_out is not None:
         atomic_write_text(json_out, dump_json(result.to_dict()))
@@ -49,29 +50,43 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _add_verify(subparsers: _Subparsers) -> None:
     p = subparsers.add_parser(
         "verify",
-        help="verify a proof pack (signature, checksums, manifest, recomputed verdict)",
-        description="Exit codes: 0 ok, 2 usage, 3 missing files, 4 schema, 5 signature, 6 integrity, "
-        "7 verdict mismatch.",
+        help="verify a proof pack (signature, signer, checksums, manifest, recomputed verdict, catalog and plan)",
+        description="Exit codes: 0 ok, 2 usage, 3 missing files, 4 schema, 5 signature (or a signer that is not "
+        "a pinned key), 6 integrity, 7 verdict mismatch, 8 provenance (catalog, config or plan differs from the "
+        "run's record or the signed statement). Pin signers with --public-key, --trusted-keys or "
+        "PROOFPACK_TRUSTED_KEYS (a file path, or the keys themselves).",
     )
     p.add_argument("pack", help="the proof_pack directory")
-    p.add_argument("--strict", action="store_true", help="require a signature and no files outside checksums")
+    p.add_argument("--strict", action="store_true", help="fail on any file outside checksums.sha256 (archiver "
+                   "litter included); warn when no signer is pinned")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT (outside the pack)")
     p.add_argument("--public-key", metavar="KEY", help="PEM Ed25519 key the pack must be signed with")
+    p.add_argument("--trusted-keys", metavar="FILE", help="file of PEM Ed25519 public keys and/or 64-hex "
+                   "fingerprints; the pack must be signed by one of them")
     p.set_defaults(func=_cmd_verify)
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from pytest_proofpack.pack import merge_runs
 
-    pack = merge_runs([Path(d) for d in args.run_dirs], Path(args.out))
+    pack = merge_runs([Path(d) for d in args.run_dirs], Path(args.out), allow_partial=args.allow_partial,
+                      sign_key=Path(args.sign_key) if args.sign_key else None)
     print(f"merged {len(args.run_dirs)} run directories into {args.out}; pack: {pack}")
     return 0
 
 
 def _add_merge(subparsers: _Subparsers) -> None:
-    p = subparsers.add_parser("merge", help="merge shard run directories into one run directory and pack")
+    p = subparsers.add_parser(
+        "merge", help="merge the shard run directories of one command line into one run directory and pack",
+        description="Each shard is checked (its records' evidence checksums, its catalog and plan); every shard "
+        "of the plan must be given unless --allow-partial. Exit codes: 0 merged, 2 refused.",
+    )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of the shards")
     p.add_argument("--out", required=True, metavar="DIR", help="new run directory to create")
+    p.add_argument("--allow-partial", action="store_true", help="merge although shards are missing; the verdict "
+                   "is then PARTIAL (or FAIL)")
+    p.add_argument("--sign-key", metavar="PEM", help="Ed25519 private key that signs the pack (default: an "
+                   "ephemeral key)")
     p.set_defaults(func=_cmd_merge)
 
 

@@ -6,7 +6,7 @@ pack. ``--rebuild`` is the other, writing mode: it recomputes ``results/`` from 
 re-signs the pack (after ``proofpack merge`` by hand, a records directory edited, or a session killed before its
 verdict).
 
-Exit status: 0 when the verdict is PASS, 1 when it is FAIL; 3 when RUN_DIR is not a finished run (no verdict
+Exit status: 0 when the verdict is PASS, 1 when it is FAIL or PARTIAL (one shard of a command line); 3 when RUN_DIR is not a finished run (no verdict
 file), 4 when the verdict file is malformed (as ``proofpack verify``).
 """
 
@@ -88,8 +88,9 @@ def read_verdict(run_dir: Path) -> dict[str, Any]:
         raise PackError(f"{path}: not valid JSON ({exc})", exit_code=4) from None
     if not isinstance(verdict, dict) or verdict.get("schema") != VERDICT_SCHEMA:
         raise PackError(f"{path}: schema must be {VERDICT_SCHEMA!r}", exit_code=4)
-    if verdict.get("verdict") not in ("PASS", "FAIL"):
-        raise PackError(f"{path}: $.verdict must be PASS or FAIL, not {verdict.get('verdict')!r}", exit_code=4)
+    if verdict.get("verdict") not in ("PASS", "FAIL", "PARTIAL"):
+        raise PackError(f"{path}: $.verdict must be PASS, FAIL or PARTIAL, not {verdict.get('verdict')!r}",
+                        exit_code=4)
     return verdict
 
 
@@ -122,14 +123,20 @@ def _records_newer_than_verdict(run_dir: Path) -> int:
 
 def _rebuild(run_dir: Path, sign_key: Path | None, gpg: bool) -> int:
     from pytest_proofpack.pack import build_pack
-    from pytest_proofpack.verdict import compute_verdict, load_run, render_matrix, write_results
+    from pytest_proofpack.pack.coverage import run_verdict
+    from pytest_proofpack.run_lock import lock_run_dir
+    from pytest_proofpack.verdict import load_run, render_matrix, write_results
 
-    loaded = load_run(run_dir)
-    verdict = compute_verdict(
-        loaded.scenarios, loaded.planned, loaded.results, stale_records=loaded.stale_records
-    )
-    write_results(run_dir / "results", verdict)
-    pack = build_pack(run_dir, sign_key=sign_key, gpg=gpg)
+    if not (run_dir / "run.json").is_file():
+        raise PackError(f"{run_dir}: not a run directory (no run.json)", exit_code=3)
+    lock = lock_run_dir(run_dir, what="RUN_DIR")  # no session may write the run while it is rebuilt
+    try:
+        loaded = load_run(run_dir)
+        verdict = run_verdict(loaded, stale_records=loaded.stale_records)
+        write_results(run_dir / "results", verdict)
+        pack = build_pack(run_dir, sign_key=sign_key, gpg=gpg)
+    finally:
+        lock.release()
     for line in render_matrix(verdict):
         print(line)
     print(f"verdict {verdict['verdict']}; results in {run_dir / 'results'}; pack {pack}")

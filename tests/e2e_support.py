@@ -11,6 +11,8 @@ independently of the engine's numerics; the real engine is tested on real models
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -128,3 +130,16 @@ def pytest_proofpack_evaluate(case, runtime, change):
     assert change is not None and change.get("n_modules", change.get("modified_count", 1)) is not None
     return _report(case, change)
 '''
+
+
+def run_session(dest: Path, args: list[str], *, env: dict[str, str] | None = None,
+                timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run ``pytest ARGS`` in a fresh interpreter in ``dest`` with the oracle engine as its conftest (for fixtures
+    wider than pytester's function scope, e.g. a pack built once per module). ``dest`` gets a pytest.ini, so it is
+    the rootdir; ``PROOFPACK_TEST_LOG`` defaults to ``dest/calls.log``."""
+    (dest / "conftest.py").write_text(ORACLE_CONFTEST, encoding="utf-8")
+    (dest / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    full_env = {**os.environ, "PROOFPACK_TEST_LOG": str(dest / "calls.log"), **(env or {})}
+    full_env.pop("PROOFPACK_TEST_MISS", None) if "PROOFPACK_TEST_MISS" not in (env or {}) else None
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=dest, env=full_env, capture_output=True,
+                          text=True, timeout=timeout, check=False)

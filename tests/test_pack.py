@@ -18,12 +18,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_verdict import catalog, passing_report
 
+from pytest_proofpack.catalog.expansion import plan_cases, shard_models
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.pack import CONTROL_FILES, build_pack, merge_runs, seal_pack, sha256_file, verify_pack
+from pytest_proofpack.pack.coverage import plan_digest
+from pytest_proofpack.pack.provenance import config_digest_of, metadata_catalog_digest
+from pytest_proofpack.pack.seal import signed_claims
+from pytest_proofpack.pack.verify import UNPINNED_WARNING
+from pytest_proofpack.results import Record, with_evidence
 from pytest_proofpack.signing import load_signing_key, make_statement, sign_statement
 from pytest_proofpack.verdict import compute_verdict, dump_json, load_run
-
-CONFIG = "cfg-" + "a" * 12
 
 
 def _write(path: Path, obj: Any) -> None:
@@ -33,83 +37,75 @@ def _write(path: Path, obj: Any) -> None:
 
 def make_run_dir(
     root: Path,
-    models: Sequence[str] = ("m1", "m2"),
+    models: Sequence[str] | None = None,
     runs: Sequence[int] = (1,),
     *,
     seed: int | None = None,
-    config_digest: str = CONFIG,
-    scenarios_digest: str = "scn-1",
+    config_extra: dict[str, Any] | None = None,
     scenarios: list[dict[str, Any]] | None = None,
-    planned_models: Sequence[str] | None = None,
+    plan_models: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Write a schema-complete run directory whose reports make every scenario behave as expected.
 
-    Probe sidecars are separate files (as the engine writes them); each model has calibration evidence; the
-    environment mentions the run directory's absolute path (the pack must scrub it).
+    The run is consistent as the plugin writes one: run.json's config holds the catalog digest of ``metadata/``,
+    the config digest is the config's, the plan is ``plan_models`` x the scenarios x ``len(runs)`` clean/stress
+    runs (one run per fault), ``shard=(k, n)`` keeps that shard's models, and each record lists its evidence
+    digests. ``models`` (default: the plan's, or the shard's) are the models whose records are written; the plan's
+    models default to ``models`` (an unsharded run of them), else ``m1, m2``.
+    ``config_extra`` adds config values (a different configuration). Probe sidecars are separate files (as the
+    engine writes them); each model has calibration evidence; the environment mentions the run directory's
+    absolute path (the pack must scrub it).
     """
     rng = random.Random(seed)
     scenarios = scenarios if scenarios is not None else catalog()
-    planned_models = planned_models if planned_models is not None else models
+    plan_models = list(plan_models or (models if models is not None and shard is None else ("m1", "m2")))
+    covered = shard_models(plan_models, shard) if shard else plan_models
+    models = list(models) if models is not None else covered
     root.mkdir(parents=True, exist_ok=True)
-    planned = [[m, s["id"], r] for m in planned_models for s in scenarios for r in runs]
-    _write(
-        root / "run.json",
-        {
-            "schema": "proofpack_run_v1",
-            "suite": "subset",
-            "config_digest": config_digest,
-            "scenarios_digest": scenarios_digest,
-            "engine_version": "proofpack-engine-1",
-            "models": [
-                {"key": m, "hub_id": f"org/{m}", "revision": hashlib.sha1(m.encode()).hexdigest()}
-                for m in planned_models
-            ],
-            "planned": planned,
-            "options": {"out": str(root.absolute()), "runs": len(runs)},
-        },
-    )
     meta = root / "metadata"
-    _write(
-        meta / "scenarios.json",
-        {"schema": "proof_pack_scenarios_v1", "schema_version": 1, "scenarios": scenarios},
-    )
+    _write(meta / "scenarios.json", {"schema": "proof_pack_scenarios_v1", "schema_version": 1, "scenarios": scenarios})
     (meta / "suites.yaml").write_text("subset:\n  models: [m1, m2, m3]\n")
     _write(meta / "tuned_edit_params.json", {"quant_rtn": {"bits": 4, "group_size": 32}})
     _write(meta / "model_revisions.json", {m: {"revision": "abc"} for m in models})
-    _write(
-        meta / "environment.json",
-        {"python_version": "3.11", "platform": "linux", "cache": str(root.absolute() / "cache")},
-    )
+    _write(meta / "environment.json",
+           {"python_version": "3.11", "platform": "linux", "cache": str(root.absolute() / "cache")})
+    digest = metadata_catalog_digest(root)
+    config = {"suite": "subset", "catalog_digest": digest, "models": sorted(plan_models), **(config_extra or {})}
+    config_digest = config_digest_of(config)
+    every = plan_cases(plan_models, scenarios, "subset", len(runs), len(runs))
+    planned = plan_cases(covered, scenarios, "subset", len(runs), len(runs))
+    _write(root / "run.json", {
+        "schema": "proofpack_run_v1", "suite": "subset", "config_digest": config_digest, "config": config,
+        "scenarios_digest": digest, "engine_version": "proofpack-engine-1",
+        "models": [{"key": m, "hub_id": f"org/{m}", "revision": hashlib.sha1(m.encode()).hexdigest()}
+                   for m in covered],
+        "plan": {"models": plan_models, "scenario_suite": "subset", "clean_runs": len(runs),
+                 "stress_runs": len(runs), "cases": len(every), "digest": plan_digest(every)},
+        "shard": {"index": shard[0], "count": shard[1], "models": covered} if shard else None,
+        "planned": [list(p) for p in planned],
+        "options": {"out": str(root.absolute()), "runs": len(runs)},
+    })
     for m in models:
-        _write(
-            root / "reports" / m / "calibration" / "run_1" / "calibration.json",
-            {"null_runs": 3, "false_alarm_rate": rng.random() / 10},
-        )
-        for s in scenarios:
-            for r in runs:
-                report = passing_report(m, s["id"], r, rng)
-                rel = f"reports/{m}/{s['id']}/run_{r}"
-                for side in ("rmt_probe", "ve_probe"):
-                    if side in report:
-                        _write(root / rel / f"{side}.json", report.pop(side))
-                _write(root / rel / "evaluation.report.json", report)
-                _write(
-                    root / "records" / m / s["id"] / f"run_{r}.json",
-                    {
-                        "schema": "proofpack_record_v1",
-                        "model": m,
-                        "scenario": s["id"],
-                        "run": r,
-                        "config_digest": config_digest,
-                        "outcome": "passed",
-                        "error_class": None,
-                        "error_message": None,
-                        "report": f"{rel}/evaluation.report.json",
-                        "duration_s": round(rng.uniform(0.1, 3.0), 3),
-                        "nodeid": f"anchor::{m}::{s['id']}[run{r}]",
-                    },
-                )
+        _write(root / "reports" / m / "calibration" / "run_1" / "calibration.json",
+               {"null_runs": 3, "false_alarm_rate": rng.random() / 10})
+    for m, sid, r in planned:
+        if m in models:
+            _write_case(root, m, sid, r, config_digest, rng)
     return root
+
+
+def _write_case(root: Path, m: str, sid: str, r: int, config_digest: str, rng: random.Random) -> None:
+    """One case's report (probe sidecars apart) and its record, with the evidence digests the controller takes."""
+    report = passing_report(m, sid, r, rng)
+    rel = f"reports/{m}/{sid}/run_{r}"
+    for side in ("rmt_probe", "ve_probe"):
+        if side in report:
+            _write(root / rel / f"{side}.json", report.pop(side))
+    _write(root / rel / "evaluation.report.json", report)
+    record = Record(m, sid, r, config_digest, "passed", None, None, f"{rel}/evaluation.report.json",
+                    round(rng.uniform(0.1, 3.0), 3), f"anchor::{m}::{sid}[run{r}]")
+    _write(root / "records" / m / sid / f"run_{r}.json", with_evidence(record, root).to_json())
 
 
 def _key(tmp: Path) -> Path:
@@ -160,7 +156,8 @@ def test_build_and_verify_strict(tmp_path: Path) -> None:
     assert pack == run_dir / "proof_pack"
     result = verify_pack(pack, strict=True, public_key=None)
     assert result.exit_code == 0, result.message
-    assert result.verdict == "PASS" and result.warnings == []
+    assert result.verdict == "PASS" and result.warnings == [UNPINNED_WARNING]
+    assert result.signer is not None and result.signer["ephemeral"] is True and result.signer["pinned"] is None
     files = _files(pack)
     for expected in (
         "index.html",
@@ -255,12 +252,18 @@ def test_flip_one_byte_in_every_file(built: tuple[Path, Path]) -> None:
 
 def _resign(pack: Path, key: Path) -> None:
     """Re-sign the pack's current manifest/checksums/verdict bytes (what an attacker holding the key does)."""
+    try:
+        manifest = json.loads((pack / "manifest.json").read_text())
+    except ValueError:
+        manifest = {}
     statement = make_statement(
         [
             ("results/final_verdict.json", sha256_file(pack / "results/final_verdict.json")),
             ("checksums.sha256", sha256_file(pack / "checksums.sha256")),
         ],
-        {"manifest": {"name": "manifest.json", "digest": {"sha256": sha256_file(pack / "manifest.json")}}},
+        {"manifest": {"name": "manifest.json", "digest": {"sha256": sha256_file(pack / "manifest.json")}},
+         "verdict": manifest.get("verdict"), "suite": manifest.get("suite"),
+         **signed_claims(json.loads((pack / "metadata/run.json").read_text()))},
     )
     (pack / "manifest.signature.json").write_text(dump_json(sign_statement(statement, load_signing_key(key))))
 
@@ -335,9 +338,11 @@ def test_extra_file_strict_only(pack_copy: tuple[Path, Path]) -> None:
     assert strict.exit_code == 6 and "reports/m1/notes.txt" in strict.message
     loose = verify_pack(pack, strict=False)
     assert loose.exit_code == 0 and any("notes.txt" in w for w in loose.warnings)
-    (pack / ".DS_Store").write_text("finder")
     (pack / "reports" / "m1" / "notes.txt").unlink()
     assert verify_pack(pack, strict=True).exit_code == 0
+    (pack / ".DS_Store").write_text("finder")  # archiver litter is an unlisted file like any other
+    strict = verify_pack(pack, strict=True)
+    assert strict.exit_code == 6 and ".DS_Store" in strict.message
 
 
 def test_rename_a_file(pack_copy: tuple[Path, Path]) -> None:
@@ -443,46 +448,68 @@ def test_stale_records_are_left_out(tmp_path: Path) -> None:
     assert verify_pack(pack, strict=True).exit_code == 0
 
 
+def _shards_of(full: Path, tmp: Path, count: int) -> list[Path]:
+    """The shard run directories of ``full``'s command line, each holding a copy of its shard's evidence."""
+    plan = json.loads((full / "run.json").read_text())["plan"]
+    shards = []
+    for k in range(1, count + 1):
+        shard = make_run_dir(tmp / f"shard{k}", models=(), plan_models=plan["models"], shard=(k, count),
+                             runs=tuple(range(1, plan["clean_runs"] + 1)))
+        for model in shard_models(plan["models"], (k, count)):
+            for sub in ("records", "reports"):
+                shutil.copytree(full / sub / model, shard / sub / model)
+        shards.append(shard)
+    return shards
+
+
 def test_merge_of_shards_equals_unsharded(tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
     full = make_run_dir(tmp_path / "full", models=("m1", "m2", "m3"), runs=(1, 2), seed=seed)
-    shards = []
-    for i, models in enumerate((("m1", "m3"), ("m2",))):
-        shard = tmp_path / f"shard{i}"
-        shutil.copytree(full, shard)
-        run = json.loads((shard / "run.json").read_text())
-        run["planned"] = [p for p in run["planned"] if p[0] in models]
-        run["models"] = [m for m in run["models"] if m["key"] in models]
-        (shard / "run.json").write_text(json.dumps(run))
-        for sub in ("records", "reports"):
-            for d in (shard / sub).iterdir():
-                if d.name not in models:
-                    shutil.rmtree(d)
-        shards.append(shard)
+    shards = _shards_of(full, tmp_path, 2)
+    assert json.loads((shards[0] / "run.json").read_text())["shard"]["models"] == ["m1", "m3"]
     pack = merge_runs(shards, tmp_path / "merged")
     assert pack == tmp_path / "merged" / "proof_pack"
-    assert verify_pack(pack, strict=True).exit_code == 0
+    result = verify_pack(pack, strict=True)
+    assert result.exit_code == 0, result.message
     full_pack = build_pack(full)
     merged_verdict = json.loads((pack / "results/final_verdict.json").read_text())
     assert merged_verdict == json.loads((full_pack / "results/final_verdict.json").read_text())
-    assert merged_verdict["counts"]["records_total"] == 3 * 20 * 2
+    assert merged_verdict["verdict"] == "PASS"
     assert json.loads((tmp_path / "merged/run.json").read_text())["planned"] == sorted(
         json.loads((full / "run.json").read_text())["planned"]
     )
 
 
+def test_a_shard_alone_is_partial_and_merge_refuses_it(tmp_path: Path) -> None:
+    full = make_run_dir(tmp_path / "full", models=("m1", "m2", "m3"))
+    shards = _shards_of(full, tmp_path, 3)
+    alone = build_pack(shards[0])
+    verdict = json.loads((alone / "results/final_verdict.json").read_text())
+    assert verdict["verdict"] == "PARTIAL" and verdict["partial"]["missing_shards"] == [2, 3]
+    assert verify_pack(alone, strict=True).exit_code == 0
+    with pytest.raises(PackError, match=r"shard\(s\) 2/3, 3/3 missing \(models m2, m3\)"):
+        merge_runs(shards[:1], tmp_path / "out")
+    pack = merge_runs(shards[:2], tmp_path / "out", allow_partial=True)
+    verdict = json.loads((pack / "results/final_verdict.json").read_text())
+    assert verdict["verdict"] == "PARTIAL" and verdict["partial"]["missing_shards"] == [3]
+    assert verify_pack(pack, strict=True).exit_code == 0
+
+
 def test_merge_refuses_inconsistent_runs(tmp_path: Path) -> None:
-    a = make_run_dir(tmp_path / "a", models=("m1",))
-    b = make_run_dir(tmp_path / "b", models=("m2",), scenarios_digest="scn-2")
+    a = make_run_dir(tmp_path / "a", shard=(1, 2))
+    b = make_run_dir(tmp_path / "b", shard=(2, 2), config_extra={"tier": "conservative"})
     with pytest.raises(PackError) as info:
         merge_runs([a, b], tmp_path / "out")
-    assert "scenarios_digest differs" in str(info.value) and "\n" not in str(info.value)
-    c = make_run_dir(tmp_path / "c", models=("m2",), config_digest="other")
-    with pytest.raises(PackError, match="config_digest differs"):
+    assert "config_digest differs" in str(info.value) and "\n" not in str(info.value)
+    c = make_run_dir(tmp_path / "c", shard=(2, 2), runs=(1, 2))
+    with pytest.raises(PackError, match="its plan differs"):
         merge_runs([a, c], tmp_path / "out")
-    d = make_run_dir(tmp_path / "d", models=("m1",), seed=1)  # same case, different evidence
-    with pytest.raises(PackError, match="with different content"):
+    d = make_run_dir(tmp_path / "d", shard=(1, 2), seed=1)
+    with pytest.raises(PackError, match="given twice"):
         merge_runs([a, d], tmp_path / "out")
+    e = make_run_dir(tmp_path / "e", models=("m1",))
+    with pytest.raises(PackError, match="not a shard"):
+        merge_runs([e], tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     os.makedirs(tmp_path / "taken")

@@ -67,17 +67,22 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
 
 
 def test_merge_and_report_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = make_run_dir(tmp_path / "a", models=("m1",))
-    b = make_run_dir(tmp_path / "b", models=("m2",))
+    a = make_run_dir(tmp_path / "a", shard=(1, 2))
+    b = make_run_dir(tmp_path / "b", shard=(2, 2))
+    capsys.readouterr()
+    assert main(["merge", str(a), "--out", str(tmp_path / "a_only")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shard(s) 2/2 missing (models m2)" in err and "--allow-partial" in err
     assert main(["merge", str(a), str(b), "--out", str(tmp_path / "ab")]) == 0
     assert main(["verify", str(tmp_path / "ab" / "proof_pack"), "--strict"]) == 0
     verdict = json.loads((tmp_path / "ab/proof_pack/results/final_verdict.json").read_text())
-    assert verdict["counts"]["models_total"] == 2
-    c = make_run_dir(tmp_path / "c", models=("m3",), config_digest="different")
+    assert verdict["counts"]["models_total"] == 2 and verdict["verdict"] == "PASS"
+    c = make_run_dir(tmp_path / "c", shard=(2, 2), config_extra={"seed": 7})
     capsys.readouterr()
     assert main(["merge", str(a), str(c), "--out", str(tmp_path / "ac")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config_digest differs" in err and "Traceback" not in err
+    a = make_run_dir(tmp_path / "a_full", models=("m1",))
     # report --rebuild on a failing run: exit 1, results/ written in the run dir, matrix printed
     report = json.loads((a / "reports/m1/fp8_e5m2_clean/run_1/evaluation.report.json").read_text())
     report["validation"]["spectral_stable"] = False
@@ -88,6 +93,8 @@ def test_merge_and_report_subcommands(tmp_path: Path, capsys: pytest.CaptureFixt
     assert any(line.startswith("fp8_e5m2_clean") and " F " in line for line in out.splitlines())
     assert json.loads((a / "results/final_verdict.json").read_text())["verdict"] == "FAIL"
     assert main(["verify", str(a / "proof_pack"), "--strict"]) == 0  # a FAIL pack can still be authentic
+    out = capsys.readouterr().out
+    assert "signer: signed by key " in out and "an ephemeral key" in out and "no key pinned" in out
 
 
 def test_subcommand_registry() -> None:

@@ -1,27 +1,26 @@
-"""The integrity side of verify: checksums.sha256 read strictly, each listed file checked against it.
+"""The integrity side of verify: checksums.sha256 read strictly.
 
-A listed path must be a plain relative path inside the pack, reached through no symlink, naming a regular
-file with the listed SHA-256. Every failure is a :class:`VerifyFailure` (class 4 for a malformed list,
-6 for a file that does not match).
+Each line is ``<64 hex>  ./<path>``; a listed path must be a plain relative path inside the pack, listed once,
+and not a control file. Every failure is a :class:`VerifyFailure` (class 4 for a malformed list, 6 for a path
+that escapes the pack). The listed files themselves are read and checked by :func:`.reader.stage_listed`.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Final
 
-from pytest_proofpack.pack.layout import CHECKSUMS, VerifyFailure, is_safe_relpath, sha256_file
+from pytest_proofpack.pack.layout import CHECKSUMS, CONTROL_FILES, VerifyFailure, is_safe_relpath
 
-__all__ = ["check_file", "read_checksums"]
+__all__ = ["parse_checksums"]
 
 _CHECKSUM_LINE: Final = re.compile(r"^([0-9a-f]{64})  \./(.+)$")
 
 
-def read_checksums(pack: Path) -> dict[str, str]:
-    """checksums.sha256 as ``{relative path: hex digest}``."""
+def parse_checksums(data: bytes) -> dict[str, str]:
+    """checksums.sha256's bytes as ``{relative path: hex digest}``."""
     entries: dict[str, str] = {}
-    text = (pack / CHECKSUMS).read_text(encoding="utf-8", errors="replace")
+    text = data.decode("utf-8", errors="replace")
     for n, line in enumerate(text.splitlines(), 1):
         m = _CHECKSUM_LINE.match(line)
         if not m:
@@ -31,22 +30,7 @@ def read_checksums(pack: Path) -> dict[str, str]:
             raise VerifyFailure(6, "checksums", f"{CHECKSUMS} line {n}: path {rel!r} escapes the pack")
         if rel in entries:
             raise VerifyFailure(4, "checksums", f"{CHECKSUMS} line {n}: {rel} listed twice")
+        if rel in CONTROL_FILES:
+            raise VerifyFailure(4, "checksums", f"{CHECKSUMS} must not list the control file {rel}")
         entries[rel] = digest
     return entries
-
-
-def check_file(pack: Path, rel: str, digest: str, check: str) -> None:
-    """``pack/rel`` is a regular file inside the pack whose SHA-256 is ``digest``; else a failure of ``check``."""
-    path = pack / rel
-    if not is_safe_relpath(rel):
-        raise VerifyFailure(6, check, f"{rel}: path escapes the pack")
-    # Walk each component: a symlinked directory would let a listed path point outside the pack.
-    cur = pack
-    for part in rel.split("/"):
-        cur = cur / part
-        if cur.is_symlink():
-            raise VerifyFailure(6, check, f"{rel}: {cur.relative_to(pack).as_posix()} is a symlink")
-    if not path.is_file():
-        raise VerifyFailure(6, check, f"{rel}: listed file is missing")
-    if sha256_file(path) != digest:
-        raise VerifyFailure(6, check, f"{rel}: sha256 mismatch (file was modified)")

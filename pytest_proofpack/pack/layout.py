@@ -53,8 +53,9 @@ EXIT_CODES: Final = {
     5: "signature",
     6: "integrity",
     7: "verdict mismatch",
+    8: "provenance",
 }
-# Litter that archivers and file browsers add; never part of a pack.
+# Litter that archivers and file browsers add: never copied into a pack (but an unlisted file to verify --strict).
 _IGNORED_NAMES: Final = frozenset({".DS_Store"})
 _IGNORED_DIRS: Final = frozenset({"__MACOSX"})
 
@@ -76,16 +77,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def walk_files(root: Path) -> list[Path]:
-    """Every non-directory entry below ``root`` (symlinks included), sorted, ignored names skipped."""
+def walk_files(root: Path, *, skip_litter: bool = True) -> list[Path]:
+    """Every non-directory entry below ``root`` (symlinks included), sorted; with ``skip_litter``, archiver litter
+    (``__MACOSX/``, ``.DS_Store``) is left out, as building a pack does. ``verify --strict`` walks without it."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if not (skip_litter and d in _IGNORED_DIRS))
         base = Path(dirpath)
         for d in dirnames:
             if (base / d).is_symlink():
                 found.append(base / d)
-        found.extend(base / f for f in sorted(filenames) if f not in _IGNORED_NAMES)
+        found.extend(base / f for f in sorted(filenames) if not (skip_litter and f in _IGNORED_NAMES))
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_proofpack.pack.coverage import run_verdict
 from pytest_proofpack.pack.layout import VerifyFailure
-from pytest_proofpack.verdict import compute_verdict, load_run, result_texts
+from pytest_proofpack.verdict import load_run, result_texts
 
 __all__ = ["VOLATILE_KEYS", "recompute_verdict"]
 
@@ -51,9 +52,10 @@ def _compare(name: str, recorded: str, text: str) -> None:
 
 
 def recompute_verdict(pack: Path) -> str:
-    """Recompute the pack's verdict, check every ``results/`` file against it and return ``PASS``/``FAIL``."""
+    """Recompute the pack's verdict, check every ``results/`` file against it and return ``PASS``, ``FAIL`` or
+    ``PARTIAL``."""
     loaded = load_run(pack)
-    verdict = compute_verdict(loaded.scenarios, loaded.planned, loaded.results)
+    verdict = run_verdict(loaded)
     for name, text in result_texts(verdict).items():
         recorded_path = pack / "results" / name
         if not recorded_path.is_file():
