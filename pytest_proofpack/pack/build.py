@@ -20,7 +20,7 @@ from typing import Any, Final
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.html_report import render_index
 from pytest_proofpack.pack.coverage import run_verdict
-from pytest_proofpack.pack.layout import walk_files
+from pytest_proofpack.pack.layout import sha256_file, walk_files
 from pytest_proofpack.pack.seal import seal_pack
 from pytest_proofpack.results import atomic_write_text
 from pytest_proofpack.signing import load_signing_key
@@ -85,6 +85,23 @@ def _copy_tree(src: Path, dst: Path, replacements: Replacements) -> None:
         _copy_file(path, dst / path.relative_to(src), replacements)
 
 
+def _restamp_evidence(run_dir: Path, stage: Path, rel: Path) -> None:
+    """The staged record's evidence digests, for the staged (path-scrubbed) copies of files that still match the
+    digests the run recorded. A file changed since then keeps its recorded digest, so the pack's verify fails."""
+    record = json.loads((stage / rel).read_text(encoding="utf-8"))
+    evidence = record.get("evidence_sha256")
+    if not isinstance(evidence, dict):
+        return
+    restamped = {}
+    for name, recorded in evidence.items():
+        source, copy = run_dir / name, stage / name
+        unchanged = source.is_file() and copy.is_file() and sha256_file(source) == recorded
+        restamped[name] = sha256_file(copy) if unchanged else recorded
+    if restamped != evidence:
+        record["evidence_sha256"] = restamped
+        (stage / rel).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _environment() -> dict[str, Any]:
     packages = {}
     for name in _ENVIRONMENT_PACKAGES:
@@ -111,6 +128,7 @@ def _stage(run_dir: Path, stage: Path) -> None:
     for rec in sorted((run_dir / "records").glob("*/*/run_*.json")):
         if json.loads(rec.read_text(encoding="utf-8")).get("config_digest") == digest:
             _copy_file(rec, stage / rec.relative_to(run_dir), replacements)
+            _restamp_evidence(run_dir, stage, rec.relative_to(run_dir))
     (stage / "metadata").mkdir(parents=True, exist_ok=True)
     run = _scrub(dict(loaded.run), replacements)
     if run.get("config") != loaded.run.get("config"):

@@ -4,7 +4,7 @@
   directory may come from anywhere (a CI artifact), and must not hang or crash the merge;
 * it is a shard, and its run.json agrees with its catalog and its plan (:func:`~.provenance.provenance_problem`);
 * every current record's evidence (its report directory's files) has the digests the controller recorded when
-  it wrote the record (:func:`check_evidence`): a report edited after the run, or a file added to its directory,
+  it wrote the record (:func:`evidence_problem`): a report edited after the run, or a file added to its directory,
   is refused.
 
 Every problem is a :class:`PackError` (exit 2) naming the run directory and the file.
@@ -20,11 +20,12 @@ from typing import Final
 
 from pytest_proofpack.bounded import BoundError, loads_json
 from pytest_proofpack.errors import PackError
+from pytest_proofpack.pack.layout import is_safe_relpath
 from pytest_proofpack.pack.provenance import provenance_problem
 from pytest_proofpack.results import ResultStore
 from pytest_proofpack.verdict import LoadedRun, load_run
 
-__all__ = ["check_evidence", "check_tree", "load_shard"]
+__all__ = ["check_tree", "evidence_problem", "load_shard"]
 
 #: Largest file a shard's run directory may hold.
 MAX_FILE_BYTES: Final = 256 * 2**20
@@ -65,29 +66,31 @@ def check_tree(run_dir: Path) -> None:
                     _check_file(run_dir, base / name)
 
 
-def check_evidence(run_dir: Path, config_digest: str) -> int:
-    """Each current record's report directory holds exactly the files its ``evidence_sha256`` lists, with those
-    digests; returns how many records were checked."""
-    records, _stale = ResultStore(run_dir, config_digest).all_records()
+def evidence_problem(root: Path, config_digest: str) -> str | None:
+    """The first current record of ``root`` (a run directory or a pack) whose report directory does not hold
+    exactly the files its ``evidence_sha256`` lists, with those digests; ``None`` when every one does."""
+    records, _stale = ResultStore(root, config_digest).all_records()
     for record in records:
         if not record.report:
             continue
         where = f"records/{record.model}/{record.scenario}/run_{record.run}.json"
+        base = Path(record.report).parent
+        if not is_safe_relpath(record.report) or any(not is_safe_relpath(rel) or Path(rel).parent != base
+                                                     for rel in record.evidence or {}):
+            return f"{where} names a report or evidence file outside its report directory"
         if record.evidence is None:
-            raise _refuse(run_dir, f"{where} has no evidence checksums (written before they were recorded); "
-                                   "rerun the shard")
-        directory = (run_dir / record.report).parent
-        present = {p.relative_to(run_dir).as_posix() for p in directory.iterdir()} if directory.is_dir() else set()
+            return f"{where} has no evidence checksums (written before they were recorded); rerun the scenario"
+        directory = (root / record.report).parent
+        present = {p.relative_to(root).as_posix() for p in directory.iterdir()} if directory.is_dir() else set()
         for rel in sorted(present | set(record.evidence)):
             expected = record.evidence.get(rel)
             if expected is None:
-                raise _refuse(run_dir, f"{rel} was added after {where} was written")
+                return f"{rel} was added after {where} was written"
             if rel not in present:
-                raise _refuse(run_dir, f"{rel}, listed by {where}, is missing")
-            if hashlib.sha256((run_dir / rel).read_bytes()).hexdigest() != expected:
-                raise _refuse(run_dir, f"{rel} was changed after the run (its sha256 is not the one {where} "
-                                       "recorded)")
-    return len(records)
+                return f"{rel}, listed by {where}, is missing"
+            if hashlib.sha256((root / rel).read_bytes()).hexdigest() != expected:
+                return f"{rel} was changed after the run (its sha256 is not the one {where} recorded)"
+    return None
 
 
 def load_shard(run_dir: Path) -> LoadedRun:
@@ -100,5 +103,7 @@ def load_shard(run_dir: Path) -> LoadedRun:
     problem = provenance_problem(loaded.run, loaded.scenarios, run_dir)
     if problem is not None:
         raise _refuse(run_dir, f"run.json: {problem}")
-    check_evidence(run_dir, str(loaded.run.get("config_digest")))
+    problem = evidence_problem(run_dir, str(loaded.run.get("config_digest")))
+    if problem is not None:
+        raise _refuse(run_dir, problem)
     return loaded

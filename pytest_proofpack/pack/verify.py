@@ -41,6 +41,7 @@ from pytest_proofpack.pack.manifest import check_manifest
 from pytest_proofpack.pack.provenance import provenance_problem
 from pytest_proofpack.pack.reader import MAX_CONTROL_BYTES, read_json, read_regular, stage_listed
 from pytest_proofpack.pack.recompute import recompute_verdict
+from pytest_proofpack.pack.shard_checks import evidence_problem
 from pytest_proofpack.pack.trust import TrustedKeys, load_trusted_keys, signer_lines
 from pytest_proofpack.pack.verify_result import VerifyResult
 from pytest_proofpack.signing import gpg_available, gpg_verify, verify_envelope
@@ -201,6 +202,9 @@ def _check_provenance(v: _Verification) -> None:
     problem = provenance_problem(loaded.run, loaded.scenarios, v.stage)
     if problem is not None:
         raise VerifyFailure(8, "provenance", f"metadata/run.json: {problem}")
+    problem = evidence_problem(v.stage, str(loaded.run.get("config_digest")))
+    if problem is not None:
+        raise VerifyFailure(8, "provenance", problem)
     config = loaded.run.get("config") or {}
     recorded = {"catalog_digest": config.get("catalog_digest"), "config_digest": loaded.run.get("config_digest"),
                 "planned_digest": plan_digest(loaded.planned), "plan_digest": (loaded.run.get("plan") or {})
@@ -209,7 +213,8 @@ def _check_provenance(v: _Verification) -> None:
         if claims.get(key) != value:
             raise VerifyFailure(8, "provenance", f"the signed statement's {key} is not the pack's "
                                                  f"({str(claims.get(key))[:16]}… vs {str(value)[:16]}…)")
-    v.passed("provenance", "verdict, catalog digest, config digest and plan recomputed and equal to the signed ones")
+    v.passed("provenance", "verdict, catalog digest, config digest and plan recomputed and equal to the signed "
+                           "ones; every record's evidence unchanged since the run")
 
 
 #: The checks of a verification, in order; each raises :class:`VerifyFailure` with its exit-code class.
