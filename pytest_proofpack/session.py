@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 ANCHOR: Final = Path(__file__).with_name("scenario_anchor.py")
 ANCHOR_NODEID: Final = "proofpack"
+#: The record format of this version (records carry their evidence digests), part of the run configuration.
+RECORD_FORMAT: Final = "evidence-v1"
 #: The most scenario runs one command line may expand into.
 MAX_CASES: Final = 100_000
 
@@ -200,4 +202,5 @@ def run_config(options: Options, catalog: Catalog, suite: Suite, cases: Sequence
         "presets": str(options.presets) if options.presets else None, "dtype": options.dtype, "bos": options.bos,
         "eval": dict(suite.eval),
         "determinism": options.determinism,  # strict changes numerics (no TF32, fp32 power iterations): not reused
+        "records": RECORD_FORMAT,  # records without evidence digests (older versions) are stale, never reused
     }

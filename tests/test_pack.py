@@ -669,3 +669,20 @@ def test_signing_key_errors_and_recorded_key(tmp_path: Path) -> None:
     envelope = json.loads((pack / "manifest.signature.json").read_text())
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     assert envelope["signatures"][0]["keyid"] == signing["fingerprint"]
+
+
+def test_build_refuses_evidence_changed_after_the_run(tmp_path: Path) -> None:
+    run_dir = make_run_dir(tmp_path / "run", models=("m1",))
+    report = run_dir / "reports/m1/quant_4bit_clean/run_1/evaluation.report.json"
+    original = report.read_text()
+    report.write_text(original.replace("true", "false", 1))
+    with pytest.raises(PackError) as info:
+        build_pack(run_dir)
+    assert info.value.exit_code == 6 and "\n" not in str(info.value)
+    assert "reports/m1/quant_4bit_clean/run_1/evaluation.report.json was changed after the run" in str(info.value)
+    report.write_text(original)
+    (report.parent / "late.json").write_text("{}")
+    with pytest.raises(PackError, match=r"late\.json was added after records/m1/quant_4bit_clean/run_1\.json"):
+        build_pack(run_dir)
+    (report.parent / "late.json").unlink()
+    assert verify_pack(build_pack(run_dir), strict=True).exit_code == 0

@@ -20,6 +20,7 @@ from typing import Any, Final
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.html_report import render_index
 from pytest_proofpack.pack.coverage import run_verdict
+from pytest_proofpack.pack.evidence import evidence_problem
 from pytest_proofpack.pack.layout import sha256_file, walk_files
 from pytest_proofpack.pack.seal import seal_pack
 from pytest_proofpack.results import atomic_write_text
@@ -87,7 +88,7 @@ def _copy_tree(src: Path, dst: Path, replacements: Replacements) -> None:
 
 def _restamp_evidence(run_dir: Path, stage: Path, rel: Path) -> None:
     """The staged record's evidence digests, for the staged (path-scrubbed) copies of files that still match the
-    digests the run recorded. A file changed since then keeps its recorded digest, so the pack's verify fails."""
+    digests the run recorded (all of them: :func:`_stage` refuses a run whose evidence changed)."""
     record = json.loads((stage / rel).read_text(encoding="utf-8"))
     evidence = record.get("evidence_sha256")
     if not isinstance(evidence, dict):
@@ -121,6 +122,9 @@ def _environment() -> dict[str, Any]:
 
 def _stage(run_dir: Path, stage: Path) -> None:
     loaded = load_run(run_dir)
+    problem = evidence_problem(run_dir, str(loaded.run.get("config_digest")))
+    if problem is not None:
+        raise PackError(f"{run_dir}: {problem}; no pack is sealed over evidence changed after the run", exit_code=6)
     replacements = _replacements(run_dir)
     for name in _PACK_DIRS:
         _copy_tree(run_dir / name, stage / name, replacements)
@@ -163,7 +167,8 @@ def build_pack(
     The pack is staged in a temporary sibling directory and renamed into place, replacing an older pack,
     so a crash never leaves a half-written pack. ``sign_key`` is an Ed25519 PEM private key (ephemeral
     if ``None``).
-    Raises :class:`PackError` for unreadable run directories or keys.
+    Raises :class:`PackError` for unreadable run directories or keys, and (exit code 6) for a run whose evidence
+    was changed after its record was written.
     """
     key = load_signing_key(sign_key)
     dest = out if out is not None else run_dir / "proof_pack"

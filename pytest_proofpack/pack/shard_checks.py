@@ -4,15 +4,14 @@
   directory may come from anywhere (a CI artifact), and must not hang or crash the merge;
 * it is a shard, and its run.json agrees with its catalog and its plan (:func:`~.provenance.provenance_problem`);
 * every current record's evidence (its report directory's files) has the digests the controller recorded when
-  it wrote the record (:func:`evidence_problem`): a report edited after the run, or a file added to its directory,
-  is refused.
+  it wrote the record (:func:`~.evidence.evidence_problem`): a report edited after the run, or a file added to its
+  directory, is refused.
 
 Every problem is a :class:`PackError` (exit 2) naming the run directory and the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -20,12 +19,11 @@ from typing import Final
 
 from pytest_proofpack.bounded import BoundError, loads_json
 from pytest_proofpack.errors import PackError
-from pytest_proofpack.pack.layout import is_safe_relpath
+from pytest_proofpack.pack.evidence import evidence_problem
 from pytest_proofpack.pack.provenance import provenance_problem
-from pytest_proofpack.results import ResultStore
 from pytest_proofpack.verdict import LoadedRun, load_run
 
-__all__ = ["check_tree", "evidence_problem", "load_shard"]
+__all__ = ["check_tree", "load_shard"]
 
 #: Largest file a shard's run directory may hold.
 MAX_FILE_BYTES: Final = 256 * 2**20
@@ -64,33 +62,6 @@ def check_tree(run_dir: Path) -> None:
             for name in [*dirnames, *filenames]:
                 if (base / name).is_symlink() or name in filenames:
                     _check_file(run_dir, base / name)
-
-
-def evidence_problem(root: Path, config_digest: str) -> str | None:
-    """The first current record of ``root`` (a run directory or a pack) whose report directory does not hold
-    exactly the files its ``evidence_sha256`` lists, with those digests; ``None`` when every one does."""
-    records, _stale = ResultStore(root, config_digest).all_records()
-    for record in records:
-        if not record.report:
-            continue
-        where = f"records/{record.model}/{record.scenario}/run_{record.run}.json"
-        base = Path(record.report).parent
-        if not is_safe_relpath(record.report) or any(not is_safe_relpath(rel) or Path(rel).parent != base
-                                                     for rel in record.evidence or {}):
-            return f"{where} names a report or evidence file outside its report directory"
-        if record.evidence is None:
-            return f"{where} has no evidence checksums (written before they were recorded); rerun the scenario"
-        directory = (root / record.report).parent
-        present = {p.relative_to(root).as_posix() for p in directory.iterdir()} if directory.is_dir() else set()
-        for rel in sorted(present | set(record.evidence)):
-            expected = record.evidence.get(rel)
-            if expected is None:
-                return f"{rel} was added after {where} was written"
-            if rel not in present:
-                return f"{rel}, listed by {where}, is missing"
-            if hashlib.sha256((root / rel).read_bytes()).hexdigest() != expected:
-                return f"{rel} was changed after the run (its sha256 is not the one {where} recorded)"
-    return None
 
 
 def load_shard(run_dir: Path) -> LoadedRun:

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from pytest_proofpack.errors import PackError
 from pytest_proofpack.pack.coverage import plan_digest
+from pytest_proofpack.pack.evidence import evidence_problem
 from pytest_proofpack.pack.integrity import parse_checksums
 from pytest_proofpack.pack.layout import (
     CHECKSUMS,
@@ -41,7 +42,6 @@ from pytest_proofpack.pack.manifest import check_manifest
 from pytest_proofpack.pack.provenance import provenance_problem
 from pytest_proofpack.pack.reader import MAX_CONTROL_BYTES, read_json, read_regular, stage_listed
 from pytest_proofpack.pack.recompute import recompute_verdict
-from pytest_proofpack.pack.shard_checks import evidence_problem
 from pytest_proofpack.pack.trust import TrustedKeys, load_trusted_keys, signer_lines
 from pytest_proofpack.pack.verify_result import VerifyResult
 from pytest_proofpack.signing import gpg_available, gpg_verify, verify_envelope
