@@ -18,8 +18,9 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_pack import make_run_dir
@@ -418,6 +419,336 @@ def test_cli_fetch_with_bad_suites_file(tmp_path: Path) -> None:
     line = _one_error_line(proc.stderr, "proofpack fetch: error: ")
     assert "suites.yaml: $.models.tiny-b.params_b: -1.5 must be a positive number" in line
     assert _tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------ start-up errors, in process
+#
+# The same configure path as USAGE_CASES, run in this process (pytester.runpytest_inprocess): a fraction of a
+# second per case instead of an interpreter start. Each case is the good catalog with one thing changed, made
+# here from the good documents: (id, role, change, extra args, env, expected substring of the one error line).
+# ``change`` edits the parsed document in place, or is the file's whole text; role None changes no file.
+
+Change = Callable[[Any], None] | str | None
+
+
+def _scenario(index: int, **fields: Any) -> Callable[[Any], None]:
+    return lambda doc: doc["scenarios"][index].update(fields)
+
+
+def _generation(index: int, **fields: Any) -> Callable[[Any], None]:
+    return lambda doc: doc["scenarios"][index]["generation"].update(fields)
+
+
+def _set(*path_and_value: Any) -> Callable[[Any], None]:
+    *path, value = path_and_value
+
+    def change(doc: Any) -> None:
+        for key in path[:-1]:
+            doc = doc[key]
+        doc[path[-1]] = value
+
+    return change
+
+
+def _drop(*path: Any) -> Callable[[Any], None]:
+    def change(doc: Any) -> None:
+        for key in path[:-1]:
+            doc = doc[key]
+        del doc[path[-1]]
+
+    return change
+
+
+def _rename_key(mapping_path: tuple[Any, ...], old: str, new: str) -> Callable[[Any], None]:
+    def change(doc: Any) -> None:
+        for key in mapping_path:
+            doc = doc[key]
+        doc[new] = doc.pop(old)
+
+    return change
+
+
+def _billion_laughs() -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    return "\n".join(lines) + "\nschema: proofpack_suites_v1\n"
+
+
+GOOD_SUITES_TEXT = (DATA / GOOD["suites"]).read_text()
+GOOD_SCENARIOS_TEXT = (DATA / GOOD["scenarios"]).read_text()
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+LONG_ID = "s" * 300
+
+STARTUP_CASES: list[tuple[str, str | None, Change, tuple[str, ...], dict[str, str], str]] = [
+    # options: bounds on every number, run count and path
+    ("opt-stress-runs-huge", None, None, ("--proofpack-stress-runs", "100000000"), {},
+     "--proofpack-stress-runs: 100000000 is out of range; accepted: 1 to 1000"),
+    ("opt-clean-runs-zero", None, None, ("--proofpack-clean-runs", "0"), {},
+     "--proofpack-clean-runs: 0 is out of range; accepted: 1 to 1000"),
+    ("opt-calibration-runs-zero", None, None, ("--proofpack-calibration-runs", "0"), {},
+     "--proofpack-calibration-runs: 0 is out of range; accepted: 1 to 1000"),
+    ("opt-clean-runs-word", None, None, ("--proofpack-clean-runs", "three"), {},
+     "--proofpack-clean-runs: 'three' is not an integer from 1 to 1000"),
+    ("opt-timeout-nan", None, None, ("--proofpack-timeout", "nan"), {},
+     "--proofpack-timeout: 'nan' is out of range; accepted: a number > 0 and <= 2.592e+06"),
+    ("opt-timeout-inf", None, None, ("--proofpack-timeout", "inf"), {}, "--proofpack-timeout: 'inf' is out of range"),
+    ("opt-timeout-negative", None, None, ("--proofpack-timeout", "-5"), {},
+     "--proofpack-timeout: '-5' is out of range"),
+    ("opt-timeout-word", None, None, ("--proofpack-timeout", "soon"), {},
+     "--proofpack-timeout: 'soon' is not a number"),
+    ("opt-seed-40-digits", None, None, ("--proofpack-seed", "1" * 40), {},
+     "--proofpack-seed: '1111111111111111111111111111111111111111' is not an integer from 0 to 4294967295"),
+    ("opt-seed-negative", None, None, ("--proofpack-seed", "-1"), {}, "--proofpack-seed: -1 is out of range"),
+    ("opt-seed-2-32", None, None, ("--proofpack-seed", str(2**32)), {}, "--proofpack-seed: 4294967296 is out of range"),
+    ("opt-gpu-memory-word", None, None, ("--proofpack-gpu-memory", "abc"), {},
+     "--proofpack-gpu-memory: 'abc' is not a number"),
+    ("opt-gpu-memory-zero", None, None, ("--proofpack-gpu-memory", "0"), {},
+     "--proofpack-gpu-memory: '0' is out of range"),
+    ("opt-backup-ram-negative", None, None, ("--proofpack-backup-ram", "-5"), {},
+     "--proofpack-backup-ram: -5 is out of range"),
+    ("opt-repeats-huge", None, None, ("--proofpack-repeats", "1000"), {}, "--proofpack-repeats: 1000 is out of range"),
+    ("opt-out-is-a-file", None, None, ("--proofpack-out", "good_tuned.json"), {},
+     "--proofpack-out: good_tuned.json is a file; name a directory"),
+    ("opt-out-under-a-file", None, None, ("--proofpack-out", "good_tuned.json/run"), {},
+     "--proofpack-out: good_tuned.json/run lies under the file good_tuned.json"),
+    ("opt-sign-key-missing", None, None, ("--proofpack-sign-key", "nokey.pem"), {},
+     "--proofpack-sign-key: nokey.pem: cannot read an unencrypted PEM private key"),
+    ("opt-sign-key-not-a-key", None, None, ("--proofpack-sign-key", "good_tuned.json"), {},
+     "--proofpack-sign-key: good_tuned.json: cannot read an unencrypted PEM private key"),
+    ("opt-shard-zero", None, None, ("--proofpack-shard", "0/2"), {},
+     "--proofpack-shard: '0/2' needs 1 <= K <= N <= 1000"),
+    ("opt-shard-too-many", None, None, ("--proofpack-shard", "1/5000"), {},
+     "--proofpack-shard: '1/5000' needs 1 <= K <= N <= 1000"),
+    ("opt-shard-three-parts", None, None, ("--proofpack-shard", "1/2/3"), {}, "--proofpack-shard: '1/2/3' is not K/N"),
+    ("opt-shard-empty", None, None, ("--proofpack-shard", "3/3"), {},
+     "--proofpack-shard 3/3: the suite runs 2 model(s), so shard 3 would run nothing; use at most 2 shards"),
+    ("opt-determinism", None, None, ("--proofpack-determinism", "exact"), {},
+     "--proofpack-determinism: 'exact' is not accepted; accepted: throughput, strict"),
+    ("opt-device", None, None, ("--proofpack-device", "tpu"), {}, "--proofpack-device: 'tpu' is not accepted"),
+    ("opt-gate-rule", None, None, ("--proofpack-gate-rule", "lower"), {},
+     "--proofpack-gate-rule: 'lower' is not accepted"),
+    ("opt-bos", None, None, ("--proofpack-bos", "yes"), {}, "--proofpack-bos: 'yes' is not accepted"),
+    ("ini-seed", "ini", "[pytest]\nproofpack_seed = -3\n", (), {},
+     "pytest.ini: proofpack_seed (ini twin of --proofpack-seed): -3 is out of range"),
+    ("ini-timeout-nan", "ini", "[pytest]\nproofpack_timeout = nan\n", (), {},
+     "pytest.ini: proofpack_timeout (ini twin of --proofpack-timeout): 'nan' is out of range"),
+    ("env-fake-gpus-garbage", None, None, (), {"PROOFPACK_FAKE_GPUS": "garbage"},
+     "PROOFPACK_FAKE_GPUS='garbage' is not understood; use NxG"),
+    ("env-fake-gpus-zero", None, None, (), {"PROOFPACK_FAKE_GPUS": "0x80"},
+     "PROOFPACK_FAKE_GPUS='0x80' is not understood"),
+    ("env-fake-gpus-not-json", None, None, (), {"PROOFPACK_FAKE_GPUS": "good_suites.yaml"},
+     "PROOFPACK_FAKE_GPUS file good_suites.yaml is not readable JSON"),
+    ("env-gpu-memory-nan", None, None, (), {"GPU_MEMORY_PER_DEVICE": "nan"},
+     "GPU_MEMORY_PER_DEVICE='nan' is not a positive number of GiB"),
+    # scenarios.json
+    ("scn-deep-json", "scenarios", DEEP_JSON, (), {}, "scenarios.json: nested deeper than 64 levels"),
+    ("scn-long-integer", "scenarios", GOOD_SCENARIOS_TEXT.replace('"catastrophic_required": true',
+                                                                  '"catastrophic_required": ' + "9" * 5000), (), {},
+     "scenarios.json: holds a number too long to read"),
+    ("scn-300-char-id", "scenarios", _scenario(0, id=LONG_ID), (), {},
+     "$.scenarios[0].id: id of 300 characters is too long; at most 100"),
+    ("scn-id-with-slash", "scenarios", _scenario(0, id="q/clean"), (), {},
+     "$.scenarios[0].id: 'q/clean' is not a valid id"),
+    ("scn-id-not-ascii", "scenarios", _scenario(0, id="q_cléan"), (), {},
+     "$.scenarios[0].id: 'q_cléan' is not a valid id"),
+    ("scn-unknown-top-key", "scenarios", _rename_key((), "scenarios", "scenario"), (), {},
+     "$.scenario: unknown field (did you mean 'scenarios'?)"),
+    ("scn-unknown-field", "scenarios", _scenario(0, strictnes="must_pass"), (), {},
+     "$.scenarios[0] (q_clean).strictnes: unknown field (did you mean 'strictness'?)"),
+    ("scn-unknown-generation-field", "scenarios", _rename_key(("scenarios", 0, "generation"), "edit_spec", "editspec"),
+     (), {}, "$.scenarios[0] (q_clean).generation.edit_spec: missing"),
+    ("scn-generation-extra-field", "scenarios", _generation(0, edit_specs="x"), (), {},
+     "$.scenarios[0] (q_clean).generation.edit_specs: unknown field (did you mean 'edit_spec'?)"),
+    ("scn-unknown-suite", "scenarios", _scenario(0, suites=["tiny", "smokey"]), (), {},
+     "$.scenarios[0] (q_clean).suites[1]: no suite runs scenario suite 'smokey' (did you mean 'smoke'?)"),
+    ("scn-env-by-model-unknown", "scenarios", _generation(2, env_by_model={"tiny-z": {"INVARLOCK_X": "1"}}), (), {},
+     "generation.env_by_model.tiny-z: unknown model key 'tiny-z' (did you mean 'tiny-b'?)"),
+    ("scn-env-by-model-not-object", "scenarios", _generation(2, env_by_model=5), (), {},
+     "generation.env_by_model: must be an object of model key"),
+    ("scn-unknown-error-type", "scenarios", _generation(2, error_type="nan_injektion"), (), {},
+     "$.scenarios[2] (nan_fault).generation.error_type: unknown fault 'nan_injektion' (did you mean 'nan_injection'?)"),
+    ("scn-unknown-fault-env-key", "scenarios", _generation(2, error_type="spectral_moderate_scale",
+                                                           env={"INVARLOCK_SPECTRAL_SCALE_FACTR": "2"}), (), {},
+     "unknown env key INVARLOCK_SPECTRAL_SCALE_FACTR (did you mean 'INVARLOCK_SPECTRAL_SCALE_FACTOR'?)"),
+    ("scn-env-value-bool", "scenarios", _generation(2, env={"INVARLOCK_NAN_FRAC": True}), (), {},
+     "generation.env.INVARLOCK_NAN_FRAC: values must be strings or numbers"),
+    ("scn-error-type-missing", "scenarios", _drop("scenarios", 2, "generation", "error_type"), (), {},
+     "$.scenarios[2] (nan_fault).generation.error_type: missing"),
+    ("scn-generation-missing", "scenarios", _drop("scenarios", 0, "generation"), (), {},
+     "$.scenarios[0] (q_clean).generation: must be an object"),
+    ("scn-top-level-list", "scenarios", "[]", (), {}, "$: top level must be an object with schema"),
+    ("scn-empty-list", "scenarios", _set("scenarios", []), (), {}, "$.scenarios: must be a non-empty list"),
+    ("scn-entry-not-object", "scenarios", _set("scenarios", 0, "q_clean"), (), {}, "$.scenarios[0]: must be an object"),
+    ("scn-suites-not-list", "scenarios", _scenario(0, suites="tiny"), (), {},
+     "$.scenarios[0] (q_clean).suites: must be a list of suite names"),
+    ("scn-requirements-not-object", "scenarios", _scenario(1, requirements=[]), (), {},
+     "$.scenarios[1] (prune_stress).requirements: must be an object"),
+    ("scn-requirements-unknown", "scenarios", lambda doc: doc["scenarios"][1]["requirements"].update(catastrophic=True),
+     (), {}, "requirements.catastrophic: unknown field"),
+    ("scn-detectors-not-list", "scenarios", lambda doc: doc["scenarios"][1]["requirements"].update(
+        detectors_any_of={}), (), {}, "requirements.detectors_any_of: must be a list of detector objects"),
+    ("scn-detector-min-string", "scenarios", lambda doc: doc["scenarios"][1]["requirements"].update(
+        detectors_any_of=[{"kind": "spectral_caps_applied", "min": "NaN"}]), (), {},
+     "spectral_caps_applied.min must be a finite number, got 'NaN'"),
+    ("scn-layer-out-of-range", "scenarios", _generation(1, edit_spec="magnitude_prune:0.5:ffn@layer=999"), (), {},
+     "scenarios.json: scenario prune_stress: scope 'ffn@layer=999' names layer 999, but model tiny-a has 2 layers"),
+    ("scn-directory", "scenarios", "<dir>", (), {}, "scenarios.json: is a directory; pass the file itself"),
+    ("scn-not-utf8", "scenarios", "<latin1>", (), {}, "cannot read"),
+    ("scn-empty-file", "scenarios", "", (), {}, "scenarios.json: line 1, column 1: not valid JSON"),
+    ("scn-too-large", "scenarios", "<sparse>", (), {}, "scenarios.json: larger than 32 MiB"),
+    # suites.yaml
+    ("suites-models-5", "suites", _set("models", 5), (), {}, "suites.yaml: $.models: must be an object of model key"),
+    ("suites-billion-laughs", "suites", _billion_laughs(), (), {},
+     "suites.yaml: line 2, column 10: YAML aliases (*name) are not accepted; write the value out"),
+    ("suites-deep-yaml", "suites", "schema: proofpack_suites_v1\nsuites: " + "[" * 200 + "]" * 200 + "\n", (), {},
+     "suites.yaml: nested deeper than 64 levels"),
+    ("suites-long-integer", "suites", GOOD_SUITES_TEXT.replace("params_b: 0.001", "params_b: " + "9" * 5000), (), {},
+     "suites.yaml: holds a value that cannot be read"),
+    ("suites-evals-for-eval", "suites", _rename_key(("suites", "tiny"), "eval", "evals"), (), {},
+     "suites.yaml: $.suites.tiny.evals: unknown field (did you mean 'eval'?)"),
+    ("suites-unknown-top-key", "suites", _rename_key((), "suites", "suite"), (), {},
+     "suites.yaml: $.suite: unknown field (did you mean 'suites'?)"),
+    ("suites-asset-sha-not-hex", "suites", _set("assets", {"w": {
+        "kind": "pypi_wheel", "package": "p", "version": "1", "sha256": "z" * 64, "members": ["*"]}}), (), {},
+     "suites.yaml: $.assets.w.sha256: must be 64 lower-case hex characters"),
+    ("suites-asset-unknown-field", "suites", _set("assets", {"w": {
+        "kind": "pypi_wheel", "package": "p", "version": "1", "sha256": "a" * 64, "members": ["*"], "sha": "x"}}),
+     (), {}, "suites.yaml: $.assets.w.sha: unknown field"),
+    ("suites-assets-not-object", "suites", _set("assets", [1]), (), {}, "suites.yaml: $.assets: must be an object"),
+    ("suites-params-huge", "suites", _set("models", "tiny-a", "params_b", 1e9), (), {},
+     "$.models.tiny-a.params_b: 1000000000.0 must be a positive number (parameters in billions, at most 100000)"),
+    ("suites-seq-len-huge", "suites", _set("suites", "tiny", "eval", "seq_len", 10**9), (), {},
+     "$.suites.tiny.eval.seq_len: 1000000000 must be an integer from 1 to 1048576"),
+    ("suites-eval-not-object", "suites", _set("suites", "tiny", "eval", 5), (), {},
+     "$.suites.tiny.eval: must be an object of eval field: value"),
+    ("suites-model-eval-unknown", "suites", _set("models", "tiny-a", "eval", {"seqlen": 8}), (), {},
+     "$.models.tiny-a.eval.seqlen: unknown field (did you mean 'seq_len'?)"),
+    ("suites-model-key-slash", "suites", lambda doc: doc["models"].update({"tiny/c": doc["models"]["tiny-a"]}), (), {},
+     "$.models.tiny/c: 'tiny/c' is not a valid model key"),
+    ("suites-model-key-long", "suites", lambda doc: doc["models"].update({"m" * 300: doc["models"]["tiny-a"]}), (), {},
+     "model key of 300 characters is too long; at most 100"),
+    ("suites-model-not-object", "suites", _set("models", "tiny-a", "x"), (), {}, "$.models.tiny-a: must be an object"),
+    ("suites-datasets-not-object", "suites", _set("datasets", 5), (), {}, "$.datasets: must be an object"),
+    ("suites-dataset-unknown-field", "suites", _set("datasets", "text", "pth", "x"), (), {},
+     "$.datasets.text.pth: unknown field"),
+    ("suites-suites-list", "suites", _set("suites", []), (), {}, "$.suites: must be a non-empty object"),
+    ("suites-suite-models-5", "suites", _set("suites", "tiny", "models", 5), (), {},
+     "$.suites.tiny.models: must be a non-empty list of model keys"),
+    ("suites-suite-name-long", "suites", lambda doc: doc["suites"].update({"t" * 300: doc["suites"]["tiny"]}), (), {},
+     "suite name of 300 characters is too long"),
+    ("suites-directory", "suites", "<dir>", (), {}, "suites.yaml: is a directory; pass the file itself"),
+    # tuned_edit_params.json
+    ("tuned-deep-json", "tuned", DEEP_JSON, (), {}, "tuned.json: nested deeper than 64 levels"),
+    ("tuned-top-level-list", "tuned", "[1]", (), {}, "tuned.json: $: top level must be an object"),
+    ("tuned-models-5", "tuned", _set("models", 5), (), {}, "tuned.json: $.models: must be an object"),
+    ("tuned-unknown-edit-type", "tuned", _rename_key(("defaults",), "quant_rtn", "quant_rtm"), (), {},
+     "$.defaults.quant_rtm: 'quant_rtm' is not accepted (did you mean 'quant_rtn'?)"),
+    ("tuned-schema-version", "tuned", _set("_meta", "schema_version", 2), (), {},
+     "tuned.json: $._meta.schema_version: unsupported version 2"),
+]
+
+#: The file each role's changed document is written to, and the option that names it.
+_CHANGED = {"scenarios": ("scenarios.json", "--proofpack-scenarios"), "suites": ("suites.yaml", "--proofpack-suites"),
+            "tuned": ("tuned.json", "--proofpack-tuned-params")}
+
+
+def _write_changed(path: Path, role: str, change: Change) -> None:
+    """Write the good document of ``role`` to ``path`` with ``change`` applied (see STARTUP_CASES)."""
+    import yaml
+
+    if change == "<dir>":
+        path.mkdir()
+    elif change == "<latin1>":
+        path.write_bytes((DATA / GOOD[role]).read_text().replace("q_clean", "q_cl\xe9an").encode("latin-1"))
+    elif change == "<sparse>":
+        with path.open("wb") as fh:
+            fh.truncate(33 * 2**20)
+    elif isinstance(change, str):
+        path.write_text(change, encoding="utf-8")
+    else:
+        good = DATA / GOOD[role]
+        doc = yaml.safe_load(good.read_text()) if good.suffix == ".yaml" else json.loads(good.read_text())
+        assert change is not None
+        change(doc)
+        plain = json.loads(json.dumps(doc))  # no shared objects, so yaml writes no aliases of its own
+        path.write_text(yaml.safe_dump(plain) if good.suffix == ".yaml" else json.dumps(plain), encoding="utf-8")
+
+
+def _startup_catalog(pytester: pytest.Pytester, role: str | None, change: Change) -> list[str]:
+    """The good catalog (and two local model configs of 2 layers) in pytester's directory with one change;
+    return the pytest arguments that use it."""
+    for name in GOOD.values():
+        shutil.copyfile(DATA / name, pytester.path / name)
+    for key in ("tiny-a", "tiny-b"):
+        (pytester.path / "models" / key).mkdir(parents=True)
+        (pytester.path / "models" / key / "config.json").write_text('{"num_hidden_layers": 2}')
+    files = {"scenarios": GOOD["scenarios"], "suites": GOOD["suites"], "tuned": GOOD["tuned"]}
+    if role == "ini":
+        (pytester.path / "pytest.ini").write_text(str(change))
+    elif role is not None:
+        files[role] = _CHANGED[role][0]
+        _write_changed(pytester.path / files[role], role, change)
+    argv = ["-p", "no:cacheprovider", "--proofpack-suite", "tiny", "--proofpack-out", "run",
+            "--proofpack-cache", "cache", "--proofpack-device", "cpu", "--collect-only", "-q"]
+    return argv + [arg for r, (_, option) in _CHANGED.items() for arg in (option, files[r])]
+
+
+@pytest.mark.parametrize(
+    ("role", "change", "args", "env", "expected"),
+    [pytest.param(*case[1:], id=case[0]) for case in STARTUP_CASES],
+)
+def test_startup_error_in_process(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, role: str | None, change: Change,
+    args: tuple[str, ...], env: dict[str, str], expected: str,
+) -> None:
+    argv = _startup_catalog(pytester, role, change)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = _tree(pytester.path)
+    result = pytester.runpytest_inprocess(*argv, *args)
+    _assert_usage_error(pytester, result, before, 4, expected)
+
+
+def test_good_catalog_is_accepted_in_process(pytester: pytest.Pytester) -> None:
+    """The control of STARTUP_CASES: the unchanged catalog collects."""
+    result = pytester.runpytest_inprocess(*_startup_catalog(pytester, None, None))
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["*12 tests collected*"])
+
+
+# The same errors under xdist (-n 2 and -n auto), where some used to be a traceback with exit 1.
+XDIST_CASES = [
+    ("fake-gpus-n2", ("-n", "2"), {"PROOFPACK_FAKE_GPUS": "garbage"},
+     "PROOFPACK_FAKE_GPUS='garbage' is not understood"),
+    ("fake-gpus-n-auto", ("-n", "auto"), {"PROOFPACK_FAKE_GPUS": "0x80"},
+     "PROOFPACK_FAKE_GPUS='0x80' is not understood"),
+    ("gpu-memory-n2", ("-n", "2", "--proofpack-gpu-memory", "abc"), {},
+     "--proofpack-gpu-memory: 'abc' is not a number"),
+    ("gpu-memory-n-auto", ("-n", "auto", "--proofpack-gpu-memory", "abc"), {},
+     "--proofpack-gpu-memory: 'abc' is not a number"),
+    ("timeout-nan-n2", ("-n", "2", "--proofpack-timeout", "nan"), {}, "--proofpack-timeout: 'nan' is out of range"),
+    ("seed-n-auto", ("-n", "auto", "--proofpack-seed", "1" * 40), {}, "--proofpack-seed: '1111"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [pytest.param(*c[1:], id=c[0]) for c in XDIST_CASES])
+def test_startup_error_under_xdist(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], env: dict[str, str],
+    expected: str,
+) -> None:
+    before = _write_catalog(pytester, {})
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    result = _run_pytest(pytester, monkeypatch, {}, args, collect=False, autoload=True)
+    _assert_usage_error(pytester, result, before, 4, expected)
+
+
+def test_corpus_size() -> None:
+    cases = len(USAGE_CASES) + len(STARTUP_CASES) + len(XDIST_CASES) + len(VERIFY_CASES)
+    assert cases >= 100, cases
+    names = [c[0] for c in (*USAGE_CASES, *STARTUP_CASES, *XDIST_CASES, *VERIFY_CASES)]
+    assert len(set(names)) == len(names)
 
 
 @pytest.fixture(autouse=True)
