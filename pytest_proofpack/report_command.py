@@ -6,8 +6,10 @@ pack. ``--rebuild`` is the other, writing mode: it recomputes ``results/`` from 
 re-signs the pack (after ``proofpack merge`` by hand, a records directory edited, or a session killed before its
 verdict).
 
-Exit status: 0 when the verdict is PASS, 1 when it is FAIL or PARTIAL (one shard of a command line); 3 when RUN_DIR is not a finished run (no verdict
-file), 4 when the verdict file is malformed (as ``proofpack verify``).
+Exit status: 0 when the verdict is PASS, 1 when it is FAIL or PARTIAL (one shard of a command line); 3 when
+RUN_DIR is not a finished run (no verdict file), 4 when the verdict file is malformed (as ``proofpack verify``).
+``--rebuild`` holds the run directory's lock while it writes, and refuses a run whose evidence changed after the
+run (exit 6).
 """
 
 from __future__ import annotations

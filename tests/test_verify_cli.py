@@ -144,11 +144,11 @@ def test_report_refuses_a_locked_run_dir(tmp_path: Path, capsys: pytest.CaptureF
     run_dir = make_run_dir(tmp_path / "run", models=("m1",))
     lock = lock_run_dir(run_dir)
     try:
-        assert main(["report", str(run_dir)]) == 2
+        assert main(["report", "--rebuild", str(run_dir)]) == 2
     finally:
         lock.release()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"RUN_DIR {run_dir}: the run directory is in use by pid " in err
     assert not (run_dir / "proof_pack").exists()
-    assert main(["report", str(run_dir)]) == 0
-    assert main(["report", str(tmp_path / "nowhere")]) == 3
+    assert main(["report", "--rebuild", str(run_dir)]) == 0
+    assert main(["report", "--rebuild", str(tmp_path / "nowhere")]) == 3
