@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_proofpack.bounded import MAX_TEXT_BYTES, BoundError, loads_json
 from pytest_proofpack.errors import PackError
 
 __all__ = ["add_report", "read_verdict"]
@@ -85,7 +86,11 @@ def read_verdict(run_dir: Path) -> dict[str, Any]:
                         f"it when it ends, `proofpack report --rebuild {run_dir}` computes it from the records",
                         exit_code=3)
     try:
-        verdict = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise PackError(f"{path}: larger than {MAX_TEXT_BYTES >> 20} MiB; not a verdict file", exit_code=4)
+        verdict = loads_json(path.read_text(encoding="utf-8"))
+    except BoundError as exc:
+        raise PackError(f"{path}: {exc}", exit_code=4) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackError(f"{path}: not valid JSON ({exc})", exit_code=4) from None
     if not isinstance(verdict, dict) or verdict.get("schema") != VERDICT_SCHEMA:

@@ -745,10 +745,76 @@ def test_startup_error_under_xdist(
 
 
 def test_corpus_size() -> None:
-    cases = len(USAGE_CASES) + len(STARTUP_CASES) + len(XDIST_CASES) + len(VERIFY_CASES)
-    assert cases >= 100, cases
-    names = [c[0] for c in (*USAGE_CASES, *STARTUP_CASES, *XDIST_CASES, *VERIFY_CASES)]
+    every = (*USAGE_CASES, *STARTUP_CASES, *XDIST_CASES, *VERIFY_CASES, *CLI_CASES)
+    assert len(every) >= 100, len(every)
+    names = [c[0] for c in every]
     assert len(set(names)) == len(names)
+
+
+# ------------------------------------------------------------------------------ proofpack CLI, in process
+#
+# (id, how to prepare tmp (given the signed pack's run directory copied to tmp/run), argv ({run}/{tmp}
+# substituted), env, expected exit, expected substring of the one error line)
+
+
+def _deep_verdict(tmp: Path) -> None:
+    (tmp / "run" / "results").mkdir(exist_ok=True)
+    (tmp / "run" / "results" / "final_verdict.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _fifo_record(tmp: Path) -> None:
+    os.mkfifo(tmp / "run" / "records" / "m1" / "nan_injection" / "run_9.json")
+
+
+def _deep_record(tmp: Path) -> None:
+    (tmp / "run" / "records" / "m1" / "nan_injection" / "run_9.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _keys_file(tmp: Path) -> None:
+    (tmp / "keys.txt").write_text("# pinned\nnot-a-fingerprint\n")
+
+
+CLI_CASES: list[tuple[str, Callable[[Path], None] | None, tuple[str, ...], dict[str, str], int, str]] = [
+    ("report-deep-verdict", _deep_verdict, ("report", "{run}"), {}, 4, "final_verdict.json: nested deeper than 64"),
+    ("merge-fifo-record", _fifo_record, ("merge", "{run}", "--out", "{tmp}/out"), {}, 2,
+     "records/m1/nan_injection/run_9.json is a symlink or special file"),
+    ("merge-deep-record", _deep_record, ("merge", "{run}", "--out", "{tmp}/out"), {}, 2,
+     "records/m1/nan_injection/run_9.json: nested deeper than 64 levels"),
+    ("merge-not-a-shard", None, ("merge", "{run}", "--out", "{tmp}/out"), {}, 2, "not a shard"),
+    ("merge-missing-dir", None, ("merge", "{tmp}/nowhere", "--out", "{tmp}/out"), {}, 2, "no such run directory"),
+    ("verify-trusted-keys-garbage", _keys_file, ("verify", "{run}/proof_pack", "--trusted-keys", "{tmp}/keys.txt"),
+     {}, 2, "--trusted-keys {tmp}/keys.txt: line 2 is neither a PEM key nor a 64-hex key fingerprint"),
+    ("verify-trusted-keys-missing", None, ("verify", "{run}/proof_pack", "--trusted-keys", "{tmp}/nokeys"), {}, 2,
+     "--trusted-keys {tmp}/nokeys: cannot read"),
+    ("verify-trusted-keys-env-missing", None, ("verify", "{run}/proof_pack"),
+     {"PROOFPACK_TRUSTED_KEYS": "/nonexistent/keys.pem"}, 2,
+     "PROOFPACK_TRUSTED_KEYS=/nonexistent/keys.pem: cannot read"),
+    ("verify-trusted-keys-empty-file", lambda tmp: (tmp / "keys.txt").write_text("# none\n"),
+     ("verify", "{run}/proof_pack", "--trusted-keys", "{tmp}/keys.txt"), {}, 2, "holds no key"),
+    ("report-rebuild-not-a-run", None, ("report", "--rebuild", "{tmp}"), {}, 3, "not a run directory (no run.json)"),
+]
+
+
+@pytest.mark.parametrize(("prepare", "args", "env", "expected_exit", "expected"),
+                         [pytest.param(*case[1:], id=case[0]) for case in CLI_CASES])
+def test_cli_bad_input_in_process(
+    signed_pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    prepare: Callable[[Path], None] | None, args: tuple[str, ...], env: dict[str, str], expected_exit: int,
+    expected: str,
+) -> None:
+    shutil.copytree(signed_pack.parent, tmp_path / "run", symlinks=True)
+    if prepare is not None:
+        prepare(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    argv = [a.format(run=tmp_path / "run", tmp=tmp_path) for a in args]
+    assert cli_main(argv) == expected_exit
+    out, err = capsys.readouterr()
+    line = _one_error_line(err, f"proofpack {argv[0]}: error: ")
+    assert expected.format(tmp=tmp_path) in line
+    assert "Traceback" not in out
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(autouse=True)
