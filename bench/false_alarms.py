@@ -16,9 +16,8 @@ An evaluation alarms when the report fails a gate that a ``must_pass`` scenario 
 alarms are counted per gate. The bound is the exact two-sided 95 % Clopper-Pearson upper bound (beta quantile).
 An evaluation whose ratio exceeds the tier's limit is not benign after all: it is listed, and counted both ways.
 
-Cost: one baseline and three evaluations per sample, plus the calibration when no preset is cached; on SmolLM2,
-one thread per process, 158-333 s per sample on a shared 2-core box (two processes: 24 samples in 83 min, the
-calibration included). The last line is ``fpr_upper95=<float>`` for the worst model.
+Cost: one baseline and three evaluations per sample, plus the calibration when no preset is cached (measured
+times: ``bench/RESULTS.md``). The last line is ``fpr_upper95=<float>`` for the worst model.
 
 Usage: ``python bench/false_alarms.py --suite smoke [--models K] [--samples 24] [--out bench/false_alarms.json]
 [--shard K/N]``. With ``--shard K/N`` a process evaluates the samples ``i`` with ``i % N == K - 1`` (run N processes

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pytest_proofpack.cli_args import add_catalog_options, catalog_and_cache
 from pytest_proofpack.errors import PackError, ProofpackError
 from pytest_proofpack.report_command import add_report
 from pytest_proofpack.suites_command import add_suites
@@ -94,20 +95,15 @@ def _add_fetch(subparsers: _Subparsers) -> None:
     p = subparsers.add_parser("fetch", help="fetch a suite's assets (model files, corpora) into the cache")
     p.add_argument("--suite", metavar="NAME", help="fetch what this suite needs (default: every asset)")
     p.add_argument("--asset", action="append", default=[], metavar="NAME", help="fetch only this asset")
-    p.add_argument("--suites", metavar="PATH", help="suites.yaml to read instead of the shipped one")
-    p.add_argument("--cache", metavar="DIR", help="cache root (default $PROOFPACK_CACHE or "
-                   "~/.cache/pytest_proofpack)")
+    add_catalog_options(p)
     p.set_defaults(func=_cmd_fetch)
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from pytest_proofpack import progress
-    from pytest_proofpack.assets import cache_root
-    from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.fetch import fetch
 
-    catalog = load_catalog(suites=Path(args.suites) if args.suites else None)
-    cache = Path(args.cache).expanduser() if args.cache else cache_root()
+    catalog, cache = catalog_and_cache(args)
     with progress.reporting(progress.print_sink()):  # a download (minutes for a model) says so while it runs
         fetched = fetch(catalog, cache, suite=args.suite, assets=args.asset)
     for name, where in fetched:

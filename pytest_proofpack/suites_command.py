@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_proofpack.cli_args import add_catalog_options, catalog_and_cache
 from pytest_proofpack.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -50,18 +51,12 @@ def add_suites(subparsers: Any) -> None:
                               description="List every suite (or --suite S): its models and dataset, the asset or "
                               "source each needs, and whether it is in the cache.")
     p.add_argument("--suite", metavar="NAME", help="list only this suite")
-    p.add_argument("--suites", metavar="PATH", help="suites.yaml to read instead of the shipped one")
-    p.add_argument("--cache", metavar="DIR", help="cache root (default $PROOFPACK_CACHE or "
-                   "~/.cache/pytest_proofpack)")
+    add_catalog_options(p)
     p.set_defaults(func=_cmd_suites)
 
 
 def _cmd_suites(args: argparse.Namespace) -> int:
-    from pytest_proofpack.assets import cache_root
-    from pytest_proofpack.catalog import load_catalog
-
-    catalog = load_catalog(suites=Path(args.suites) if args.suites else None)
-    cache = Path(args.cache).expanduser() if args.cache else cache_root()
+    catalog, cache = catalog_and_cache(args)
     try:
         names = [catalog.suite(args.suite).name] if args.suite else sorted(catalog.suites)
     except CatalogError as exc:  # the catalog names the pytest option; here it is --suite

@@ -86,9 +86,9 @@ def _required_probes() -> list[Any]:
 
 def _rmt_preset_under_the_probe(model: Any, scenario: Any, base: Any, preview: Any, final: Any) -> dict[str, Any]:
     """A preset whose ``ffn_act`` epsilon is half the probe's own change, after checking that the change is a rise
-    at the module the probe targets: on random weights the row blend's effect (0.04-0.19 on these models) is the
-    model's answer to a fixed strength, so what a tiny model can pin is the targeting, the direction and the wiring
-    from the guard's verdict to the scenario's detectors."""
+    at the module the probe targets: on random weights the row blend's size is the model's answer to a fixed
+    strength, so what a tiny model can pin is the targeting, the direction and the wiring from the guard's verdict
+    to the scenario's detectors."""
     env = scenario.generation["env"]
     with apply_fault(model, scenario.id, env, seed=1) as change:
         rmt = evaluate(model, base, preview, final, {}, CFG, context=CTX).report["rmt"]

@@ -23,8 +23,8 @@ two-sided rule would flag clean edits. Quality loss from noise is the primary me
 modules: a fault confined to a few layers moves those modules a lot and the family mean little. Decreases are
 reported (``max_decrease_by_family``, ``top_modules``) but do not gate. Why the median over windows: the residual
 writers' outputs carry a few massive-activation tokens, and a clean edit that moves one of them moves that window's
-statistic by tens of percent and the others not at all (SmolLM2, FP8 e5m2: +0.43, +0.21, +0.01, +0.08 on one
-module); a structural change shows in every window, so the median keeps it and drops a single window's artifact.
+statistic by tens of percent and the others not at all; a structural change shows in every window, so the median
+keeps it and drops a single window's artifact.
 """
 
 from __future__ import annotations
