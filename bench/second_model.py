@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     tuned_at = time.perf_counter()
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--proofpack-suite", "smoke_qwen2", "-n", "2",
-           "--proofpack-out", str(run_dir), "-q", "-W", "ignore"]
+           f"--proofpack-out={run_dir}", "-q", "-W", "ignore"]
     if not args.skip_tune:
-        cmd += ["--proofpack-tuned-params", str(tuned)]
+        cmd += [f"--proofpack-tuned-params={tuned}"]
     if args.runs:
         cmd += ["--proofpack-clean-runs", str(args.runs), "--proofpack-stress-runs", str(args.runs)]
     _run(cmd, work)

@@ -199,8 +199,8 @@ def _thread_env(threads: int) -> dict[str, str]:
 
 
 def plugin_command(out: Path, cache: Path, workers: int | None, deselect: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", "--proofpack-suite", SUITE, "--proofpack-out", str(out),
-           "--proofpack-cache", str(cache), "-p", "no:cacheprovider", "--proofpack-rerun",
+    cmd = [sys.executable, "-m", "pytest", "--proofpack-suite", SUITE, f"--proofpack-out={out}",
+           f"--proofpack-cache={cache}", "-p", "no:cacheprovider", "--proofpack-rerun",
            "--proofpack-device", "cpu", "-q"]
     if workers is not None:
         cmd += ["-n", str(workers)]

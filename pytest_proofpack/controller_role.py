@@ -87,6 +87,16 @@ class ControllerRole:
         store.write(record)
 
     @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, Any] | None:
+        """xdist's report for an item whose worker died is an error (record ``error``/``crash``), not a failure.
+
+        Its ``when`` is ``'???'``; pytest would count it under ``failed``. JUnit already writes it as ``<error>``.
+        """
+        if report.failed and report.when not in ("setup", "call", "teardown"):
+            return "error", "E", ("ERROR", {"red": True})
+        return None
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         proofpack = self.session
         if proofpack.ctx is None or proofpack.options.calibrate_only or proofpack.config.option.collectonly:

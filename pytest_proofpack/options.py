@@ -7,6 +7,7 @@ the accepted values (the plugin reports it as a usage error, exit code 4).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -221,6 +222,10 @@ class Options:
         return Path(env).expanduser() if env else Path.home() / ".cache" / "pytest_proofpack"
 
 
+#: The options whose value is a path; pytest may read the value of the two-word form as a test path.
+_PATH_OPTIONS: Final = frozenset(f"--proofpack-{s.name}" for s in _SPECS if s.parse in (_path, _run_dir, _sign_key))
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("proofpack", "pytest-proofpack: edit-detection proof packs")
     for spec in _SPECS:
@@ -235,8 +240,33 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(dest, type="string", default="", help=spec.help)
 
 
+def _check_rootdir_kept(config: pytest.Config) -> None:
+    """Refuse ``--proofpack-out DIR`` (two words) when pytest took ``DIR`` for a test path and moved its rootdir.
+
+    pytest chooses its rootdir, and with it the ``--lf`` state, before it knows a plugin's options; a silently
+    moved rootdir would make ``--lf`` resume from an empty state. The one-word form ``--proofpack-out=DIR`` is safe.
+    """
+    from pytest_proofpack.pytest_private import rootdir_knowing_options
+
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker runs in the controller's rootdir, which the controller checked
+    args = [str(a) for a in config.invocation_params.args]
+    two_word = [(option, value) for option, value in itertools.pairwise(args) if option in _PATH_OPTIONS]
+    if not two_word:
+        return
+    expected = rootdir_knowing_options(config)
+    if expected is None or expected == config.rootpath:
+        return
+    here = config.invocation_params.dir.resolve()
+    outside = [(o, v) for o, v in two_word if (here / v).exists() and not (here / v).resolve().is_relative_to(here)]
+    option, value = (outside or two_word)[0]
+    raise OptionError(f"{option} {value}: pytest took {value!r} for a test path and moved its rootdir from "
+                      f"{expected} to {config.rootpath} (and the --lf state with it); write {option}={value}")
+
+
 def read_options(config: pytest.Config) -> Options:
     """Command line first, then the ini twin, then the default; every value validated."""
+    _check_rootdir_kept(config)
     values: dict[str, Any] = {}
     for spec in _SPECS:
         dest = "proofpack_" + spec.name.replace("-", "_")

@@ -108,3 +108,30 @@ def uncaptured(config: pytest.Config) -> Iterator[None]:
         return
     with capman.global_and_fixture_disabled():
         yield
+
+
+def rootdir_knowing_options(config: pytest.Config) -> Path | None:
+    """The rootdir pytest would have chosen had it known every option when it chose one.
+
+    pytest chooses its rootdir from the arguments before a plugin's options are registered, so the value of a
+    two-word ``--proofpack-out DIR`` counts as a test path there; the public ``config.rootpath`` only gives the
+    result. This parses the arguments again with every option known and asks ``determine_setup``, whose keywords
+    changed across pytest versions (``override_ini`` came in 9): only those it accepts are passed. None when
+    either private function cannot be called.
+    """
+    import inspect
+
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        args = [str(a) for a in config.invocation_params.args]
+        namespace, unknown = config._parser.parse_known_and_unknown_args(args)
+        known = {
+            "inifile": config.option.inifilename, "override_ini": config.option.override_ini,
+            "args": [*namespace.file_or_dir, *unknown], "rootdir_cmd_arg": config.option.rootdir or None,
+            "invocation_dir": config.invocation_params.dir,
+        }
+        accepted = inspect.signature(determine_setup).parameters
+        return Path(determine_setup(**{k: v for k, v in known.items() if k in accepted})[0])
+    except Exception:  # a pytest that moved either function: no check rather than a crash
+        return None

@@ -483,6 +483,8 @@ STARTUP_CASES: list[tuple[str, str | None, Change, tuple[str, ...], dict[str, st
     # options: bounds on every number, run count and path
     ("opt-stress-runs-huge", None, None, ("--proofpack-stress-runs", "100000000"), {},
      "--proofpack-stress-runs: 100000000 is out of range; accepted: 1 to 1000"),
+    ("opt-two-word-path-moves-rootdir", None, None, ("--proofpack-presets", ".."), {},
+     "--proofpack-presets ..: pytest took '..' for a test path and moved its rootdir from"),
     ("opt-clean-runs-zero", None, None, ("--proofpack-clean-runs", "0"), {},
      "--proofpack-clean-runs: 0 is out of range; accepted: 1 to 1000"),
     ("opt-calibration-runs-zero", None, None, ("--proofpack-calibration-runs", "0"), {},

@@ -55,6 +55,8 @@ def test_killed_worker_is_an_error_records_survive_and_lf_completes(
     result = pytester.runpytest_subprocess(*args, "-n", "2")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*crashed*rank_collapse*"])
+    result.assert_outcomes(passed=19, errors=1)  # a dead worker's item is an error, as its record says
+    result.stdout.fnmatch_lines(["ERROR *rank_collapse*"])
     rec = _record(pytester, "rank_collapse")
     assert (rec["outcome"], rec["error_class"]) == ("error", "crash")
     finished = list((pytester.path / "run" / "records" / "tiny-a").glob("*/run_1.json"))
