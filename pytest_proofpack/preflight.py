@@ -1,4 +1,4 @@
-"""Preflight checks before any model loads: disk space, and edit scopes against local models' layer counts.
+"""Preflight checks before any model loads: disk space, and edit scopes against each model's layer count.
 
 Disk: estimate what the cache and the run directory will need and refuse early when space is short.
 
@@ -18,7 +18,7 @@ A 10 % margin is added. ``--proofpack-skip-disk-check`` disables the check.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -27,6 +27,7 @@ from pytest_proofpack.errors import ProofpackError
 
 if TYPE_CHECKING:
     from pytest_proofpack.catalog import Case
+    from pytest_proofpack.models import AssetRef, ModelEntry
 
 GIB = 2**30
 PER_CASE = 2 * 2**20
@@ -97,9 +98,32 @@ def _local_layer_count(path: str) -> int | None:
     return next((n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n > 0), None)
 
 
-def check_layer_scopes(cases: Sequence[Case], scenarios_file: str) -> None:
-    """A scenario's edit scope names only layers the model has, where the model's config is at hand (a local
-    model): an out-of-range layer is an error now, not after the model has loaded.
+def layer_count(model: ModelEntry, assets: Mapping[str, AssetRef], cache: Path, suite: str) -> int | None:
+    """The block count of ``model`` where it can be read without loading weights or fetching anything: a local
+    model's config.json, a fetched GGUF file's header, or a hub model's config.json already in the Hugging Face
+    cache at its pinned revision; None otherwise (the load then reports an out-of-range scope)."""
+    if model.source == "local":
+        return _local_layer_count(model.path) if model.path else None
+    if model.source == "gguf":
+        from pytest_proofpack.models.gguf import find_gguf, gguf_block_count
+
+        try:
+            path, _ = find_gguf(model, assets, cache, suite)
+        except ProofpackError:  # not fetched yet, or misnamed: loading the model says so
+            return None
+        return gguf_block_count(path)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(model.hub_id, "config.json", revision=model.revision or None)
+    return _local_layer_count(str(Path(found).parent)) if isinstance(found, str) else None
+
+
+def check_layer_scopes(cases: Sequence[Case], scenarios_file: str, *, assets: Mapping[str, AssetRef], cache: Path,
+                       suite: str) -> None:
+    """A scenario's edit scope names only layers the model has, wherever the model's layer count can be read
+    before loading it (:func:`layer_count`): an out-of-range layer is an error now, not after the model loaded.
 
     Raises :class:`ProofpackError` naming the scenario, the scope, the model and its layer range.
     """
@@ -107,10 +131,10 @@ def check_layer_scopes(cases: Sequence[Case], scenarios_file: str) -> None:
 
     layers: dict[str, int | None] = {}
     for case in cases:
-        if case.edit_spec is None or case.model.source != "local" or not case.model.path:
+        if case.edit_spec is None:
             continue
         if case.model.key not in layers:
-            layers[case.model.key] = _local_layer_count(case.model.path)
+            layers[case.model.key] = layer_count(case.model, assets, cache, suite)
         count = layers[case.model.key]
         scope = parse_scope(case.edit_spec.rsplit(":", 1)[-1])
         if count is None or scope.layers is None or scope.layers[1] < count:

@@ -93,7 +93,8 @@ class ProofpackSession:
         self.cases = self._shard_cases(shard)
         from pytest_proofpack.preflight import check_layer_scopes
 
-        check_layer_scopes(self.cases, catalog.paths["scenarios"].name)
+        check_layer_scopes(self.cases, catalog.paths["scenarios"].name, assets=catalog.assets,
+                           cache=options.cache_root(), suite=suite.name)
         dataset = parse_dataset_option(options.dataset, catalog.datasets) if options.dataset else \
             dict(catalog.datasets[suite.dataset])
         config = run_config(options, catalog, suite, self.plan_cases, dataset)

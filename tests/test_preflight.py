@@ -58,3 +58,66 @@ def test_determinism_modes_set_torch_switches() -> None:
         assert lowrank_truncate(w, 8)[2] == ("randomized-bf16" if native else "randomized-fp32")
     finally:
         apply_determinism("throughput")
+
+
+def _gguf_with_blocks(path: Path, blocks: int) -> Path:
+    """A GGUF v3 file whose header declares ``blocks`` transformer blocks, after a long tokenizer array."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_array("tokenizer.ggml.tokens", [f"t{n}" for n in range(500)])
+    writer.add_block_count(blocks)
+    writer.add_tensor("w", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _entry(**fields: Any) -> Any:
+    from pytest_proofpack.models import ModelEntry
+
+    return ModelEntry(**{"key": "m", "hub_id": "", "params_b": 0.1, "family": "llama", **fields})
+
+
+def test_layer_count_is_read_without_loading_from_each_kind_of_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_proofpack.preflight import layer_count
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "config.json").write_text('{"num_hidden_layers": 5}')
+    gguf_file = _gguf_with_blocks(tmp_path / "m.gguf", 7)
+    snapshot = tmp_path / "hub" / "models--org--m" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"n_layer": 9}')
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    count = {
+        "local": layer_count(_entry(source="local", path=str(local)), {}, tmp_path, "s"),
+        "gguf": layer_count(_entry(source="gguf", path=str(gguf_file)), {}, tmp_path, "s"),
+        "hub": layer_count(_entry(hub_id="org/m", revision="a" * 40), {}, tmp_path, "s"),
+        "hub not cached": layer_count(_entry(hub_id="org/other", revision="b" * 40), {}, tmp_path, "s"),
+        "gguf missing": layer_count(_entry(source="gguf", path=str(tmp_path / "none.gguf")), {}, tmp_path, "s"),
+    }
+    assert count == {"local": 5, "gguf": 7, "hub": 9, "hub not cached": None, "gguf missing": None}
+
+
+def test_out_of_range_scope_of_a_gguf_model_is_refused_before_loading(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pytest_proofpack.errors import ProofpackError
+    from pytest_proofpack.preflight import check_layer_scopes
+
+    model = _entry(key="g", source="gguf", path=str(_gguf_with_blocks(tmp_path / "g.gguf", 4)))
+    cases = [replace(c, model=model) for c in load_catalog().expand("smoke") if c.edit_spec and "@" not in c.edit_spec]
+    assert cases
+    check_layer_scopes(cases, "scenarios.json", assets={}, cache=tmp_path, suite="smoke")
+    bad = [replace(cases[0], edit_spec=cases[0].edit_spec.rsplit(":", 1)[0] + ":ffn@layer=4")]
+    with pytest.raises(ProofpackError, match=r"names layer 4, but model g has 4 layers \(0-3\)"):
+        check_layer_scopes(bad, "scenarios.json", assets={}, cache=tmp_path, suite="smoke")

@@ -25,16 +25,18 @@ from pytest_proofpack.assets import require_asset, sha256_file
 from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
 
-__all__ = ["DEQUANTIZED_DTYPE", "convert_gguf", "find_gguf", "gguf_file_type", "gguf_sha256"]
+__all__ = ["DEQUANTIZED_DTYPE", "convert_gguf", "find_gguf", "gguf_block_count", "gguf_file_type", "gguf_header",
+           "gguf_sha256"]
 
 #: The dtype :func:`convert_gguf` dequantises every tensor to.
 DEQUANTIZED_DTYPE: Final = "float32"
 _CONVERTED_MARKER = ".proofpack-converted.json"
 _sha256_by_file: dict[tuple[str, int, int], str] = {}
-_file_type_by_file: dict[tuple[str, int, int], str | None] = {}
+_header_by_file: dict[tuple[str, int, int], dict[str, int | str]] = {}
 #: GGUF metadata value types of fixed size: type id -> bytes (8 is a string, 9 an array).
 _SCALAR_SIZES: Final = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_FILE_TYPE_KEY: Final = b"general.file_type"
+#: struct formats of the GGUF integer value types (0-5 and 10-11).
+_INT_FORMATS: Final = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
 
 
 def gguf_sha256(path: Path) -> str:
@@ -49,16 +51,30 @@ def gguf_sha256(path: Path) -> str:
 def gguf_file_type(path: Path) -> str | None:
     """The quantization type the GGUF file's header declares (``general.file_type``), e.g. ``Q4_1`` or ``Q4_K_M``;
     ``None`` when the header does not say or is not GGUF v2/v3. Reads only the metadata, once per file version."""
+    code = gguf_header(path).get("general.file_type")
+    return _file_type_name(code) if isinstance(code, int) else None
+
+
+def gguf_block_count(path: Path) -> int | None:
+    """The number of transformer blocks the GGUF header declares (``<architecture>.block_count``), or None."""
+    header = gguf_header(path)
+    count = header.get(f"{header.get('general.architecture')}.block_count")
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def gguf_header(path: Path) -> dict[str, int | str]:
+    """The integer and short string values of the GGUF file's metadata (arrays skipped), read without the
+    tensors and once per file version; empty when the file is not GGUF v2/v3 or its header is cut short."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _file_type_by_file:
+    if key not in _header_by_file:
         try:
             with path.open("rb") as fh:
-                code = _read_file_type(fh)
+                header = _read_header(fh)
         except (OSError, struct.error, ModelLoadError):  # a truncated or foreign header says nothing
-            code = None
-        _file_type_by_file[key] = None if code is None else _file_type_name(code)
-    return _file_type_by_file[key]
+            header = {}
+        _header_by_file[key] = header
+    return _header_by_file[key]
 
 
 def _file_type_name(code: int) -> str:
@@ -71,22 +87,28 @@ def _file_type_name(code: int) -> str:
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
-def _read_file_type(fh: IO[bytes]) -> int | None:
-    """``general.file_type`` from the metadata of the GGUF stream ``fh``, skipping every other value."""
+def _read_header(fh: IO[bytes]) -> dict[str, int | str]:
+    """The integer and string (≤ 4 KiB) metadata values of the GGUF stream ``fh``, skipping every other value."""
     head = fh.read(24)
     if len(head) < 24 or head[:4] != b"GGUF" or struct.unpack_from("<I", head, 4)[0] not in (2, 3):
-        return None
+        return {}
     (n_kv,) = struct.unpack_from("<Q", head, 16)
+    out: dict[str, int | str] = {}
     for _ in range(n_kv):
         (length,) = struct.unpack("<Q", fh.read(8))
         if length > 1 << 16:
             raise ModelLoadError(f"GGUF metadata key of {length} bytes")
-        name = fh.read(length)
+        name = fh.read(length).decode("utf-8", "replace")
         (value_type,) = struct.unpack("<I", fh.read(4))
-        if name == _FILE_TYPE_KEY and value_type in (4, 5):
-            return int(struct.unpack("<I" if value_type == 4 else "<i", fh.read(4))[0])
-        _skip_value(fh, value_type)
-    return None
+        if value_type in _INT_FORMATS:
+            out[name] = int(struct.unpack(_INT_FORMATS[value_type], fh.read(_SCALAR_SIZES[value_type]))[0])
+        elif value_type == 8 and (size := struct.unpack("<Q", fh.read(8))[0]) <= 4096:
+            out[name] = fh.read(size).decode("utf-8", "replace")
+        elif value_type == 8:
+            fh.seek(size, os.SEEK_CUR)
+        else:
+            _skip_value(fh, value_type)
+    return out
 
 
 def _skip_value(fh: IO[bytes], value_type: int) -> None:
