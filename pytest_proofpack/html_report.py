@@ -43,8 +43,9 @@ table{border-collapse:collapse;margin:.3rem 0 1rem}
 th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:left;vertical-align:top}
 td.cell{color:#fff;font-family:ui-monospace,monospace;text-align:center;white-space:nowrap}
 td.cell a{color:inherit;text-decoration:none}
-td.cell small{font-size:10px;opacity:.9;white-space:normal;overflow-wrap:anywhere;display:block;max-width:26rem}
-table.matrix th{white-space:nowrap}
+td.cell small{font-size:10px;opacity:.9;white-space:normal;overflow-wrap:anywhere;display:block;max-width:20rem;
+margin:auto}
+table.matrix th{white-space:nowrap}table.matrix th small{font-weight:400}
 .o-pass{background:#2e7d32}.o-fail{background:#c62828}.o-missing{background:#6d6d6d}
 .o-signal{background:#1565c0}.o-quiet{background:#90a4ae}
 .dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:.4em;vertical-align:-1px}
@@ -135,7 +136,7 @@ def _matrix(verdict: Mapping[str, Any]) -> str:
             _cell(m, sid, cells[m][sid]) if sid in cells.get(m, {}) else "<td class='empty'></td>" for m in models
         )
         meta = f"{s.get('category')}, {s.get('strictness')}"
-        rows.append(f"<tr><th>{escape(sid)} <span class='muted'>({escape(meta)})</span></th>{tds}</tr>")
+        rows.append(f"<tr><th>{escape(sid)}<br><small class='muted'>{escape(meta)}</small></th>{tds}</tr>")
     baselines = matrix.get("baselines") or {}
     rows_b = "".join(f"<tr><th>{escape(m)}</th><td class='baseline' data-model='{escape(m)}'>"
                      f"{escape(baseline_text(baselines.get(m)))}</td></tr>" for m in models)

@@ -153,7 +153,8 @@ def test_drill_down_shows_the_report_facts_of_its_cell() -> None:
     text = html.unescape(re.sub(r"(<[^>]+>)+", "|", drill.group(0)))
     for fact in ("model.layers.9.mlp.down_proj.weight", "|sigma_now|", "|37.96|", "|max_params|8|", "|rank1|",
                  "|guards_s|9.81 s|", "|total_s|35.09 s|", "|edit applied|0.0123 s|",
-                 "|seq_len|256|", "|final_digest|de0c2b9d|", "|tier|balanced|", "|family|edge_risk|epsilon|ffn|11.37|0.2303|",
+                 "|seq_len|256|", "|final_digest|de0c2b9d|", "|tier|balanced|",
+                 "|family|edge_risk|epsilon|ffn|11.37|0.2303|",
                  "|spectral_stable|no|", "|limit|1.1|", "|judged as expected|yes|"):
         assert fact in text, fact
     other = re.search(r"<details class='drill' id='cell=m1/norm_collapse'.*?</details>", page)
