@@ -116,6 +116,17 @@ def test_page_is_self_contained_deterministic_and_escaped() -> None:
     assert page.count("<details class='drill'") == sum(len(row) for row in cells.values())
 
 
+def test_a_run_without_reports_still_renders_every_scenario() -> None:
+    scenarios = catalog()
+    planned, _ = make_results(scenarios, ["m1"], [1])
+    verdict = compute_verdict(scenarios, planned, [])
+    page = render_index(verdict)
+    assert page.count("<g class='chart-row' ") == len(scenarios) and "<g class='run' " not in page
+    assert page.count("class='missing-run'") == len(scenarios) and "no benign evaluation was judged" in page
+    assert page.count("<details class='drill'") == len(scenarios)
+    assert not re.search(r"<details[^>]*\sopen", page)  # closed until a reader, or the address, opens one
+
+
 def test_chart_rows_ticks_and_tier_limit() -> None:
     verdict, reports = _run()
     page = render_index(verdict, reports)
