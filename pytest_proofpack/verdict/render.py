@@ -11,12 +11,12 @@ from typing import Any, Final
 
 from pytest_proofpack.verdict.matrix import LEGEND
 
-__all__ = ["baseline_text", "render_matrix", "render_text"]
+__all__ = ["GUARD_LETTERS", "MARKS", "baseline_text", "render_matrix", "render_text"]
 
 #: One mark per matrix cell outcome.
-_MARKS: Final = {"pass": "P", "fail": "F", "missing": "M", "signal": "S", "quiet": "."}
+MARKS: Final = {"pass": "P", "fail": "F", "missing": "M", "signal": "S", "quiet": "."}
 #: One letter per core guard in a matrix cell, in the guard chain's order.
-_GUARD_LETTERS: Final = (
+GUARD_LETTERS: Final = (
     ("invariants", "i"), ("spectral", "s"), ("rmt", "r"), ("variance", "v"), ("primary_metric", "m"),
 )
 
@@ -24,13 +24,13 @@ _GUARD_LETTERS: Final = (
 def _cell_text(cell: Mapping[str, Any] | None) -> str:
     if cell is None:
         return ""
-    mark = _MARKS.get(str(cell.get("outcome")), "?")
+    mark = MARKS.get(str(cell.get("outcome")), "?")
     ratio = cell.get("ratio")
     key = (f"{ratio:.3f}" if ratio < 1000 else f"{ratio:.3g}") if isinstance(ratio, float) else "-"
     if cell.get("degraded") and isinstance(ratio, float):
         key += f"~{cell.get('windows_covered')}/{cell.get('windows_total')}w"
     fired = set(cell.get("guards") or ())
-    letters = "".join(letter for guard, letter in _GUARD_LETTERS if guard in fired)
+    letters = "".join(letter for guard, letter in GUARD_LETTERS if guard in fired)
     key += f" [{letters or '-'}]"
     if cell.get("caps"):
         key += f" c{cell['caps']}"
@@ -91,7 +91,7 @@ def _signal_of(cell: Mapping[str, Any]) -> str | None:
     if cell.get("outcome") != "signal":
         return None
     hit = [str(d) for d in cell.get("detectors_hit") or []]
-    fired = "".join(letter for guard, letter in _GUARD_LETTERS if guard in set(cell.get("guards") or ()))
+    fired = "".join(letter for guard, letter in GUARD_LETTERS if guard in set(cell.get("guards") or ()))
     return "; ".join([*hit, *([f"guards [{fired}]"] if fired else [])]) or "?"
 
 
