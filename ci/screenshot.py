@@ -7,8 +7,11 @@ at 0.8 device pixels per CSS pixel (880 px wide, the width a README column shows
 model is not SmolLM2: its stress edits barely move its perplexity, so the pictured verdict is an honest FAIL. About
 a minute on two CPU cores.
 
-Usage: ``python ci/screenshot.py [--out docs/report.png] [--keep DIR]``; exit 1 when Chromium is missing or the
-session wrote no pack.
+``--pack DIR`` photographs an existing pack instead (e.g. the SmolLM2 smoke run's ``<run>/proof_pack``), with
+``--height`` CSS pixels of it.
+
+Usage: ``python ci/screenshot.py [--out docs/report.png] [--keep DIR | --pack DIR [--height PX]]``; exit 1 when
+Chromium is missing or the session wrote no pack.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "report.png", help="the PNG to write")
     parser.add_argument("--keep", type=Path, help="run in this directory and keep it (default: a temporary one)")
+    parser.add_argument("--pack", type=Path, help="photograph this existing pack directory instead of running one")
+    parser.add_argument("--height", type=int, default=int(WINDOW.split(",")[1]), help="CSS pixels photographed")
     ns = parser.parse_args()
     browser = _chromium()
     if browser is None:
@@ -63,11 +68,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="proofpack-shot-") as tmp:
         work = ns.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        index = build_pack(work)
+        index = (ns.pack / "index.html").resolve() if ns.pack else build_pack(work)
+        if not index.is_file():
+            sys.exit(f"ci/screenshot.py: {index} does not exist; --pack names a proof_pack directory")
         ns.out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         "--force-device-scale-factor=0.8",
-                        f"--screenshot={ns.out.resolve()}", f"--window-size={WINDOW}", index.as_uri()],
+                        f"--screenshot={ns.out.resolve()}", f"--window-size={WINDOW.split(',')[0]},{ns.height}",
+                        index.as_uri()],
                        capture_output=True, text=True, timeout=120, check=True)
     print(f"{ns.out} ({ns.out.stat().st_size // 1024} KiB) from {index}")
 
