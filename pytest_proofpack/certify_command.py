@@ -73,7 +73,7 @@ def subject_of(text: str, revision: str | None) -> dict[str, str]:
     hub_id, _, rev = text.partition("@")
     rev = rev or (revision or "")
     if not _HUB_ID.match(hub_id):
-        raise OptionError(f"--subject {text!r:.80}: no such file or directory, and not a hub id (org/name)")
+        raise OptionError(f"--subject {text[:200]}: no such file or directory, and not a hub id (org/name)")
     if not rev:
         raise OptionError(f"--subject {hub_id}: a hub subject needs a pinned revision: {hub_id}@<commit sha> or "
                           "--revision <commit sha>")
