@@ -25,7 +25,7 @@ from pytest_proofpack.assets import require_asset, sha256_file
 from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
 
-__all__ = ["DEQUANTIZED_DTYPE", "convert_gguf", "find_gguf", "gguf_file_type", "gguf_sha256"]
+__all__ = ["DEQUANTIZED_DTYPE", "convert_gguf", "find_gguf", "gguf_file_type", "gguf_sha256", "is_converted"]
 
 #: The dtype :func:`convert_gguf` dequantises every tensor to.
 DEQUANTIZED_DTYPE: Final = "float32"
@@ -133,6 +133,11 @@ def find_gguf(entry: ModelEntry, assets: Mapping[str, AssetRef], cache: Path, su
             raise ModelLoadError(f"models.{entry.key}.path: {path} is not a .gguf file")
         return path, f"gguf:{path}"
     raise ProofpackError(f"models.{entry.key}: source 'gguf' needs `asset` or `path`")
+
+
+def is_converted(out: Path) -> bool:
+    """Whether :func:`convert_gguf` has finished a conversion into ``out``."""
+    return (out / _CONVERTED_MARKER).is_file()
 
 
 def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False) -> Path:

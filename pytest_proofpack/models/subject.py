@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_proofpack import progress
 from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import ModelEntry
-from pytest_proofpack.models.gguf import convert_gguf, gguf_file_type, gguf_sha256
+from pytest_proofpack.models.gguf import gguf_file_type, gguf_sha256, is_converted
 from pytest_proofpack.models.model_dir import check_model_dir
 from pytest_proofpack.models.sources import hub_snapshot
 
@@ -116,8 +119,7 @@ def resolve_subject(spec: SubjectSpec, baseline_dir: Path, baseline_vocab: Mappi
             raise ModelLoadError(f"checkpoint subject {gguf}: no such .gguf file; fix generation.subject.path")
         _check_gguf_header(gguf, baseline, spec)
         sha = gguf_sha256(gguf)
-        directory = convert_gguf(gguf, cache / "models" / f"subject-{sha[:12]}",
-                                 trust_remote_code=spec.trust_remote_code)
+        directory = _convert_apart(gguf, cache / "models" / f"subject-{sha[:12]}", spec.trust_remote_code)
         provenance.update(digest=f"sha256:{sha}", files={gguf.name: sha},
                           gguf_file_type=gguf_file_type(gguf) or "unknown")
     elif spec.source == "hub":
@@ -182,6 +184,33 @@ def _check_gguf_header(gguf: Path, baseline: Mapping[str, Any], spec: SubjectSpe
         if theirs != ours:
             raise ModelLoadError(f"checkpoint subject {spec.describe()}: GGUF {what} {theirs!r} differs from the "
                                  f"baseline's {ours!r}; certify a checkpoint of the baseline's model")
+
+
+_CONVERT: Final = """
+import sys
+from pathlib import Path
+from pytest_proofpack.errors import ProofpackError
+from pytest_proofpack.models.gguf import convert_gguf
+try:
+    convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]), trust_remote_code=sys.argv[3] == "1")
+except ProofpackError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def _convert_apart(gguf: Path, out: Path, trust_remote_code: bool) -> Path:
+    """:func:`~pytest_proofpack.models.gguf.convert_gguf` in a child process (once; cached in ``out``): the
+    dequantising read holds a whole model, and this process already holds the baseline."""
+    if is_converted(out):
+        return out
+    with progress.phase("convert", detail=gguf.name):
+        done = subprocess.run([sys.executable, "-c", _CONVERT, str(gguf), str(out), "1" if trust_remote_code else "0"],
+                              capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not is_converted(out):
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise ModelLoadError(f"checkpoint subject {gguf}: conversion failed: {lines[-1] if lines else done.returncode}")
+    return out
 
 
 def _check_tokenizer(directory: Path, baseline_vocab: Mapping[str, int] | None, spec: SubjectSpec) -> str:
