@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,45 +39,44 @@ def _checkpoint(sid: str, subject: dict[str, Any], strictness: str = "must_pass"
     return out
 
 
+def _arg(args: list[str], option: str) -> str:
+    return args[args.index(option) + 1]
+
+
 def _report(run: Path, model: str, scenario: str) -> dict[str, Any]:
     path = run / "reports" / model / scenario / "run_1" / "evaluation.report.json"
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def suite_args(pytester: pytest.Pytester, model_dirs: dict[str, Path]) -> list[str]:
-    args = write_suite(pytester.path, {"tiny-a": model_dirs["tiny-a"]})
-    return [*args, "--proofpack-presets", str(_presets(pytester, args))]
-
-
-def _presets(pytester: pytest.Pytester, args: list[str]) -> Path:
-    """A calibrated preset for tiny-a, made once by a calibrate-only run (both sessions then share it)."""
-    scenarios = pytester.path / "edit_scenarios.json"
-    scenarios.write_text(json.dumps(_scenarios(EDIT)))
-    result = pytester.runpytest_subprocess(*args, "--proofpack-scenarios", str(scenarios),
-                                           "--proofpack-out", str(pytester.path / "calib"),
-                                           "--proofpack-calibrate-only")
-    assert result.ret in (0, 1, 5), result.stdout.str()
-    presets = pytester.path / "calib" / "metadata" / "presets"
-    assert any(presets.glob("calibrated_preset_*.json")), result.stdout.str()
-    return presets
+@pytest.fixture(scope="module")
+def suite_args(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]) -> list[str]:
+    """The tiny suite's arguments with a calibrated preset for tiny-a, made once by a calibrate-only run (every
+    session of this module then shares it, and the baseline cache)."""
+    root = tmp_path_factory.mktemp("certify")
+    args = write_suite(root, {"tiny-a": model_dirs["tiny-a"]})
+    (root / "edit_scenarios.json").write_text(json.dumps(_scenarios(EDIT)))
+    done = subprocess.run([sys.executable, "-m", "pytest", *args, f"--proofpack-scenarios={root}/edit_scenarios.json",
+                           f"--proofpack-out={root}/calib", "--proofpack-calibrate-only"],
+                          cwd=root, capture_output=True, text=True, check=False, timeout=900)
+    presets = root / "calib" / "metadata" / "presets"
+    assert any(presets.glob("calibrated_preset_*.json")), done.stdout[-3000:] + done.stderr[-3000:]
+    return [*args, f"--proofpack-scenarios={root}/edit_scenarios.json", "--proofpack-presets", str(presets)]
 
 
 def test_a_saved_edit_certified_as_a_checkpoint_gives_the_in_memory_ratio(
     pytester: pytest.Pytester, suite_args: list[str]
 ) -> None:
-    scenarios = pytester.path / "edit_scenarios.json"
-    edited = pytester.runpytest_subprocess(*suite_args, "--proofpack-scenarios", str(scenarios),
-                                           "--proofpack-out", str(pytester.path / "edit"), "--proofpack-save-models")
+    edited = pytester.runpytest_subprocess(*suite_args, "--proofpack-out", str(pytester.path / "edit"),
+                                           "--proofpack-save-models")
     assert edited.ret == 0, edited.stdout.str()
     saved = pytester.path / "edit" / "models" / "tiny-a" / "quant_8bit"
     assert (saved / "config.json").is_file()
     in_memory = _report(pytester.path / "edit", "tiny-a", "quant_8bit")["primary_metric"]["ratio_vs_baseline"]
 
     result = pytester.run(sys.executable, "-m", "pytest_proofpack.cli", "certify", "--model", "tiny-a",
-                          "--subject", str(saved), "--suites", str(pytester.path / "suites.yaml"),
-                          "--tuned-params", str(pytester.path / "tuned.json"), "--out", str(pytester.path / "cert"),
-                          "--cache", str(pytester.path / "cache"), "--",
+                          "--subject", str(saved), "--suites", _arg(suite_args, "--proofpack-suites"),
+                          "--tuned-params", _arg(suite_args, "--proofpack-tuned-params"),
+                          "--out", str(pytester.path / "cert"), "--cache", _arg(suite_args, "--proofpack-cache"), "--",
                           "--proofpack-presets", suite_args[-1], "--proofpack-calibration-runs", "1")
     out = result.stdout.str() + result.stderr.str()
     assert result.ret == 0, out
@@ -102,7 +102,7 @@ def test_a_saved_edit_certified_as_a_checkpoint_gives_the_in_memory_ratio(
 
 
 def test_a_checkpoint_missing_a_tensor_is_an_invariants_failure_and_the_baseline_comes_back(
-    pytester: pytest.Pytester, suite_args: list[str], model_dirs: dict[str, Path]
+    pytester: pytest.Pytester, suite_args: list[str], model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -113,13 +113,20 @@ def test_a_checkpoint_missing_a_tensor_is_an_invariants_failure_and_the_baseline
     del tensors[dropped]
     save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
     same = _checkpoint("unchanged", {"source": "local", "path": str(model_dirs["tiny-a"])})
+    # the same weights as a hub snapshot at a pinned revision, in an offline Hugging Face cache
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model_dirs["tiny-a"], pytester.path / "hf" / "models--me--tiny" / "snapshots" / revision)
+    hub = _checkpoint("from_hub", {"source": "hub", "hub_id": "me/tiny", "revision": revision})
     scenarios = pytester.path / "ckpt.json"
     scenarios.write_text(json.dumps(_scenarios(
-        _checkpoint("broken", {"source": "local", "path": "broken"}, "must_fail"), same)))
+        _checkpoint("broken", {"source": "local", "path": "broken"}, "must_fail"), same, hub)))
 
-    result = pytester.runpytest_subprocess(*suite_args, "--proofpack-scenarios", str(scenarios))
+    monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = pytester.runpytest_subprocess(*suite_args, "--proofpack-scenarios", str(scenarios),
+                                           "--proofpack-out", str(pytester.path / "run"))
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     bad = _report(pytester.path / "run", "tiny-a", "broken")
     assert bad["invariants"]["status"] == "fail"
     assert any(f["check"] == "missing_tensors" and dropped in f["detail"] for f in bad["invariants"]["failures"])
@@ -128,3 +135,7 @@ def test_a_checkpoint_missing_a_tensor_is_an_invariants_failure_and_the_baseline
     good = _report(pytester.path / "run", "tiny-a", "unchanged")
     assert good["primary_metric"]["ratio_vs_baseline"] == pytest.approx(1.0, abs=1e-12)
     assert good["invariants"]["status"] == "pass"
+    from_hub = _report(pytester.path / "run", "tiny-a", "from_hub")
+    assert from_hub["subject_provenance"]["digest"] == f"hub:me/tiny@{revision}"
+    assert from_hub["subject_provenance"]["files"] == good["subject_provenance"]["files"]
+    assert from_hub["primary_metric"]["ratio_vs_baseline"] == pytest.approx(1.0, abs=1e-12)
