@@ -99,6 +99,29 @@ def test_a_saved_edit_certified_as_a_checkpoint_gives_the_in_memory_ratio(
     assert statement["predicate"]["checkpoints"] == manifest["checkpoints"]
     verified = pytester.run(sys.executable, "-m", "pytest_proofpack.cli", "verify", str(pack), "--strict")
     assert verified.ret == 0, verified.stdout.str() + verified.stderr.str()
+    _forgeries_fail(pack, pytester.path, claim)
+
+
+def _forgeries_fail(pack: Path, tmp: Path, claim: dict[str, Any]) -> None:
+    """Re-signed packs that claim another checkpoint digest, in the manifest and the statement alike, or that drop
+    the statement's claim, fail verify's provenance check (exit 8)."""
+    from test_tamper import _edit_manifest, _write_key
+
+    from pytest_proofpack.pack import verify_pack
+
+    forged_claim = [{**claim, "digest": "sha256:" + "0" * 64}]
+
+    def other_digest(manifest: dict[str, Any]) -> None:
+        manifest["checkpoints"] = forged_claim
+
+    for name, edit, predicate in (("other-digest", other_digest, {"checkpoints": forged_claim}),
+                                  ("claim-dropped", lambda m: None, {"checkpoints": []})):
+        forged = tmp / f"forged-{name}"
+        shutil.copytree(pack, forged)
+        _edit_manifest(forged, _write_key(tmp / f"{name}.pem"), edit, **predicate)
+        result = verify_pack(forged)
+        assert result.exit_code == 8, result.human()
+        assert any("checkpoints are not the subjects the pack's reports judged" in line for line in result.human())
 
 
 def test_a_checkpoint_missing_a_tensor_is_an_invariants_failure_and_the_baseline_comes_back(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_proofpack import __version__
+from pytest_proofpack.errors import PackError
 from pytest_proofpack.pack.checkpoints import checkpoint_claims
 from pytest_proofpack.pack.layout import (
     CHECKSUMS,
@@ -56,7 +57,10 @@ def make_manifest(pack: Path, checksums_digest: str, key: SigningKey, generated_
         if p.is_file() and p.name != "environment.json"
     ]
     env_fields = {k: env[k] for k in _ENVIRONMENT_FIELDS if isinstance(env, dict) and k in env}
-    checkpoints = checkpoint_claims(load_run(pack).results)
+    try:
+        checkpoints = checkpoint_claims(load_run(pack).results)
+    except (PackError, RecursionError, ValueError):  # a pack that cannot be read is refused by verify anyway
+        checkpoints = []
     return {
         "format": MANIFEST_FORMAT,
         "schema_version": 1,
