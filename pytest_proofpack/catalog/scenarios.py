@@ -99,7 +99,8 @@ def _scenario(path: Path, index: int, raw: object, seen: set[str],
 
 def _check_generation(path: Path, where: str, generation: object, category: str,
                       registries: tuple[EditRegistry, FaultRegistry | None]) -> Mapping[str, Any]:
-    """``generation`` when it is an edit (for a clean or stress scenario) or a fault (for an error injection)."""
+    """``generation`` when it is an edit or a checkpoint (for a clean or stress scenario; a checkpoint's subject
+    normalised, see :func:`_check_checkpoint`) or a fault (for an error injection)."""
     if not isinstance(generation, Mapping):
         raise error_at(path, where, "must be an object {kind: edit, edit_spec, version}, {kind: error, error_type} "
                                     "or {kind: checkpoint, subject}")
