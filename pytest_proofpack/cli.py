@@ -1,4 +1,4 @@
-"""``proofpack`` console script: ``verify``, ``merge``, ``report``, ``fetch``, ``suites`` and ``tune``.
+"""``proofpack`` console script: ``verify``, ``merge``, ``report``, ``fetch``, ``suites``, ``tune`` and ``certify``.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
 ``func`` to a handler ``(args) -> int``; adding a subcommand is one such function plus one line in
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pytest_proofpack.certify_command import add_certify
 from pytest_proofpack.cli_args import add_catalog_options, catalog_and_cache
 from pytest_proofpack.errors import PackError, ProofpackError
 from pytest_proofpack.report_command import add_report
@@ -112,7 +113,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 _SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
-    _add_verify, _add_merge, add_report, _add_fetch, add_suites, add_tune,
+    _add_verify, _add_merge, add_report, _add_fetch, add_suites, add_tune, add_certify,
 ]
 
 

@@ -49,10 +49,14 @@ def relative_defaults() -> dict[str, float]:
 
 
 def apply_change(case: Case, runtime: ModelRuntime) -> Any:
-    """Apply the scenario's edit or fault to ``runtime.model`` in place, resolved in the run's registries; returns
-    the reversible change."""
+    """Apply the scenario's edit, fault or checkpoint subject to ``runtime.model`` in place, resolved in the run's
+    registries; returns the reversible change."""
     seed = runtime.ctx.options.seed + case.run
     registries = runtime.ctx.registries
+    if case.scenario.kind == "checkpoint":
+        from pytest_proofpack.checkpoint import apply_checkpoint
+
+        return apply_checkpoint(case, runtime)
     if case.scenario.kind == "edit":
         from pytest_proofpack.edits import apply_edit, parse_edit_spec
 
@@ -85,7 +89,7 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
     change = apply_change(case, runtime)
     try:
         metadata = dict(change.metadata)
-        if runtime.ctx.options.save_models:
+        if runtime.ctx.options.save_models and case.scenario.kind != "checkpoint":  # a subject is on disk already
             save_edited(runtime, case)
         result = config.hook.pytest_proofpack_evaluate(case=case, runtime=runtime, change=metadata)
         repeats = [config.hook.pytest_proofpack_evaluate(case=case, runtime=runtime, change=metadata)
@@ -102,6 +106,8 @@ def run_case(config: pytest.Config, case: Case, runtime: ModelRuntime) -> CaseRe
             "no evaluation engine is available: no pytest_proofpack_evaluate implementation returned a result; "
             "install pytest-proofpack with its engine or implement the hook in a conftest.py")
     out = normalise(result, case)
+    if isinstance(metadata.get("subject"), Mapping):  # a checkpoint: what was certified, for report and pack
+        out.report["subject_provenance"] = dict(metadata["subject"])
     if repeats:
         out.report["determinism_repeats"] = repeat_spread(out.report, [normalise(r, case).report for r in repeats])
     return out

@@ -78,13 +78,24 @@ class ModelTuning:
         self._measured: dict[str, dict[str, Any]] | None = None
 
     def clean_scopes(self) -> dict[str, str]:
-        """``{kind: scope}`` of the suite's clean-sentinel scenarios (``quant_rtn:clean:ffn`` gives ``ffn``)."""
-        suite = self.runtime.ctx.suite
+        """``{kind: scope}`` of the suite's clean-sentinel scenarios (``quant_rtn:clean:ffn`` gives ``ffn``).
+
+        A suite without any (a ``proofpack certify`` run holds one checkpoint scenario) takes the kinds its
+        model's tuned entries name, in edit-type order, so its calibration's benign edits, and so its preset, are
+        the ones the model's full suite calibrates with."""
+        suite, catalog = self.runtime.ctx.suite, self.runtime.ctx.catalog
         scopes: dict[str, str] = {}
-        for scenario in self.runtime.ctx.catalog.scenarios:
+        for scenario in catalog.scenarios:
             if scenario.is_clean_sentinel and (not scenario.suites or suite.scenario_suite in scenario.suites):
                 kind, _, scope = str(scenario.generation["edit_spec"]).partition(":clean:")
                 scopes.setdefault(kind, scope or "ffn")
+        if not scopes and not self.measure_all:
+            from pytest_proofpack.catalog.tuned import EDIT_TYPES
+
+            for kind in EDIT_TYPES:
+                found = catalog.tuned_entry(self.runtime.entry, kind)
+                if found is not None:
+                    scopes[kind] = str(found.get("scope", "ffn")).split("@", 1)[0]
         return scopes
 
     def untuned_kinds(self) -> list[str]:

@@ -421,6 +421,66 @@ def test_cli_fetch_with_bad_suites_file(tmp_path: Path) -> None:
     assert _tree(tmp_path) == before
 
 
+# ------------------------------------------------------------------------------ checkpoints that do not fit
+
+
+def _subject_dirs(root: Path, baseline: Path) -> dict[str, dict[str, str]]:
+    """Checkpoint subjects that must each be refused before a weight is read: scenario id -> subject."""
+    from tinymodels import save_tiny, tiny_llama, tiny_tokenizer
+
+    save_tiny(tiny_llama(5, layers=3, hidden=32), tiny_tokenizer(), root / "three-layers")
+    save_tiny(tiny_llama(5, layers=2, hidden=32, vocab=96), tiny_tokenizer(), root / "small-vocab")
+    shutil.copytree(baseline, root / "gptq")
+    config = json.loads((root / "gptq" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (root / "gptq" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(baseline, root / "other-tokenizer")
+    tok = json.loads((root / "other-tokenizer" / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.__getitem__)[40:42]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (root / "other-tokenizer" / "tokenizer.json").write_text(json.dumps(tok))
+    local = {name: {"source": "local", "path": str(root / name)}
+             for name in ("three-layers", "small-vocab", "gptq", "other-tokenizer", "nowhere")}
+    return {**local, "hub-not-cached": {"source": "hub", "hub_id": "nobody/nothing", "revision": "0" * 40}}
+
+
+def test_checkpoints_that_do_not_fit_the_baseline_error_with_one_line(
+    pytester: pytest.Pytester, model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from e2e_support import write_suite
+
+    root = pytester.path
+    args = write_suite(root, {"tiny-a": model_dirs["tiny-a"]})
+    subjects = _subject_dirs(root, model_dirs["tiny-a"])
+    scenarios = [{"id": sid, "category": "clean", "failure_class": "checkpoint", "strictness": "must_pass",
+                  "intent": "clean_control", "primary_guard": "primary_metric",
+                  "generation": {"kind": "checkpoint", "subject": subject}} for sid, subject in subjects.items()]
+    (root / "ckpt.json").write_text(json.dumps({"schema": "proof_pack_scenarios_v1", "schema_version": 1,
+                                                 "scenarios": scenarios}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = pytester.runpytest_subprocess(*args, "--proofpack-scenarios", str(root / "ckpt.json"), "-rE")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 1, out
+    result.assert_outcomes(errors=len(subjects))
+    assert "Traceback" not in out
+    expected = {
+        "three-layers": ("bad_input", "layer count 3 differs from the baseline's 2"),
+        "small-vocab": ("bad_input", "vocabulary size 96 differs from the baseline's 128"),
+        "gptq": ("bad_input", "a GPTQ checkpoint (quantization_config.quant_method 'gptq'); its packed weights need "
+                              "GPU kernels, which this CPU run lacks"),
+        "other-tokenizer": ("bad_input", "its tokenizer's vocabulary differs from the baseline's (128 vs 128 "
+                                         "tokens, 4 entries differ)"),
+        "nowhere": ("bad_input", f"{root / 'nowhere' / 'config.json'} is missing"),
+        "hub-not-cached": ("missing_asset", "nobody/nothing@" + "0" * 40 + " is not in the Hugging Face cache"),
+    }
+    for sid, (error_class, text) in expected.items():
+        record = json.loads((root / "run" / "records" / "tiny-a" / sid / "run_1.json").read_text())
+        assert (record["outcome"], record["error_class"]) == ("error", error_class), record
+        assert text in record["error_message"] and "\n" not in record["error_message"], record
+
+
 # ------------------------------------------------------------------------------ start-up errors, in process
 #
 # The same configure path as USAGE_CASES, run in this process (pytester.runpytest_inprocess): a fraction of a
@@ -561,6 +621,36 @@ STARTUP_CASES: list[tuple[str, str | None, Change, tuple[str, ...], dict[str, st
      (), {}, "$.scenarios[0] (q_clean).generation.edit_spec: missing"),
     ("scn-generation-extra-field", "scenarios", _generation(0, edit_specs="x"), (), {},
      "$.scenarios[0] (q_clean).generation.edit_specs: unknown field (did you mean 'edit_spec'?)"),
+    # checkpoint scenarios (bring your own weights)
+    ("ckpt-no-subject", "scenarios", _scenario(0, generation={"kind": "checkpoint"}), (), {},
+     "$.scenarios[0] (q_clean).generation.subject: must be an object {source: local|gguf|hub, path | hub_id + "
+     "revision}"),
+    ("ckpt-bad-source", "scenarios", _scenario(0, generation={"kind": "checkpoint", "subject": {
+        "source": "s3", "path": "m"}}), (), {},
+     "$.scenarios[0] (q_clean).generation.subject.source: 's3' is not accepted; accepted: local, gguf, hub"),
+    ("ckpt-hub-unpinned", "scenarios", _scenario(0, generation={"kind": "checkpoint", "subject": {
+        "source": "hub", "hub_id": "org/model"}}), (), {},
+     "$.scenarios[0] (q_clean).generation.subject.revision: a hub subject needs hub_id and a pinned revision"),
+    ("ckpt-gguf-not-gguf", "scenarios", _scenario(0, generation={"kind": "checkpoint", "subject": {
+        "source": "gguf", "path": "model.bin"}}), (), {},
+     "$.scenarios[0] (q_clean).generation.subject.path: 'model.bin' does not end in .gguf"),
+    ("ckpt-local-no-path", "scenarios", _scenario(0, generation={"kind": "checkpoint", "subject": {
+        "source": "local"}}), (), {},
+     "generation.subject.path: a local subject needs path: <directory with config.json + safetensors>"),
+    ("ckpt-subject-unknown-field", "scenarios", _scenario(0, generation={"kind": "checkpoint", "subject": {
+        "source": "local", "path": "m", "revison": "x"}}), (), {},
+     "$.scenarios[0] (q_clean).generation.subject.revison: unknown field; accepted: source, path, hub_id"),
+    ("ckpt-generation-extra-field", "scenarios", _scenario(0, generation={"kind": "checkpoint", "subject": {
+        "source": "local", "path": "m"}, "edit_spec": "quant_rtn:8:32:ffn"}), (), {},
+     "$.scenarios[0] (q_clean).generation.edit_spec: unknown field"),
+    ("ckpt-as-fault", "scenarios", _scenario(2, generation={"kind": "checkpoint", "subject": {
+        "source": "local", "path": "m"}}), (), {},
+     "$.scenarios[2] (nan_fault).generation.kind: a checkpoint scenario is a clean (release candidate) or stress "
+     "(known-bad build) scenario, not an error_injection"),
+    ("ckpt-must-detect", "scenarios", _scenario(1, strictness="must_detect", generation={
+        "kind": "checkpoint", "subject": {"source": "local", "path": "m"}}), (), {},
+     "$.scenarios[1] (prune_stress).strictness: 'must_detect' does not apply to a checkpoint; accepted: must_pass, "
+     "must_fail, informational"),
     ("scn-unknown-suite", "scenarios", _scenario(0, suites=["tiny", "smokey"]), (), {},
      "$.scenarios[0] (q_clean).suites[1]: no suite runs scenario suite 'smokey' (did you mean 'smoke'?)"),
     ("scn-env-by-model-unknown", "scenarios", _generation(2, env_by_model={"tiny-z": {"INVARLOCK_X": "1"}}), (), {},
@@ -794,6 +884,16 @@ CLI_CASES: list[tuple[str, Callable[[Path], None] | None, tuple[str, ...], dict[
     ("verify-trusted-keys-empty-file", lambda tmp: (tmp / "keys.txt").write_text("# none\n"),
      ("verify", "{run}/proof_pack", "--trusted-keys", "{tmp}/keys.txt"), {}, 2, "holds no key"),
     ("report-rebuild-not-a-run", None, ("report", "--rebuild", "{tmp}"), {}, 3, "not a run directory (no run.json)"),
+    ("certify-no-such-subject", None, ("certify", "--model", "smollm2-135m", "--subject", "{tmp}/nowhere"), {}, 2,
+     "--subject {tmp}/nowhere: no such file or directory, and not a hub id (org/name)"),
+    ("certify-hub-unpinned", None, ("certify", "--model", "smollm2-135m", "--subject", "org/model"), {}, 2,
+     "--subject org/model: a hub subject needs a pinned revision: org/model@<commit sha> or --revision"),
+    ("certify-file-not-gguf", None, ("certify", "--model", "smollm2-135m", "--subject", "{run}/run.json"), {}, 2,
+     "a file subject must be a .gguf file; for safetensors give the directory"),
+    ("certify-unknown-model", None, ("certify", "--model", "smollm3", "--subject", "{run}"), {}, 2,
+     "--model: unknown model 'smollm3'"),
+    ("certify-unknown-suite", None, ("certify", "--model", "smollm2-135m", "--subject", "{run}", "--suite", "smok"),
+     {}, 2, "--suite: unknown suite 'smok' (did you mean 'smoke'?)"),
 ]
 
 
@@ -805,6 +905,7 @@ def test_cli_bad_input_in_process(
     expected: str,
 ) -> None:
     shutil.copytree(signed_pack.parent, tmp_path / "run", symlinks=True)
+    monkeypatch.chdir(tmp_path)  # a run that got as far as starting would make proof_pack_runs/ here
     if prepare is not None:
         prepare(tmp_path)
     for key, value in env.items():
@@ -816,7 +917,7 @@ def test_cli_bad_input_in_process(
     line = _one_error_line(err, f"proofpack {argv[0]}: error: ")
     assert expected.format(tmp=tmp_path) in line
     assert "Traceback" not in out
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "proof_pack_runs").exists()
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ class Scenario:
 
     @property
     def kind(self) -> str:
-        """``edit`` or ``error`` (a fault injection)."""
+        """``edit``, ``error`` (a fault injection) or ``checkpoint`` (a user's own weights)."""
         return str(self.generation.get("kind"))
 
     @property

@@ -27,6 +27,7 @@ from pytest_proofpack.edits.registry import EditRegistry
 from pytest_proofpack.edits.spec import parse_edit_spec
 from pytest_proofpack.errors import CatalogError, ProofpackError
 from pytest_proofpack.faults.registry import FaultRegistry
+from pytest_proofpack.models.subject import parse_subject
 
 __all__ = ["CATEGORIES", "INTENTS", "PRIMARY_GUARDS", "SCENARIOS_SCHEMA", "STRICTNESS", "load_scenarios"]
 
@@ -41,7 +42,10 @@ _TOP_FIELDS: Final = ("schema", "schema_version", "_meta", "scenarios")
 _SCENARIO_FIELDS: Final = ("id", "category", "strictness", "intent", "primary_guard", "failure_class", "generation",
                            "requirements", "suites")
 _GENERATION_FIELDS: Final = {"edit": ("kind", "edit_spec", "version"),
-                             "error": ("kind", "error_type", "version", "env", "env_by_model")}
+                             "error": ("kind", "error_type", "version", "env", "env_by_model"),
+                             "checkpoint": ("kind", "subject", "version")}
+#: The strictness a checkpoint scenario may have: a release candidate, a known-bad build, or a record only.
+CHECKPOINT_STRICTNESS: Final = ("must_pass", "must_fail", "informational")
 
 
 def load_scenarios(path: Path, *, edits: EditRegistry, faults: FaultRegistry | None = None) -> tuple[Scenario, ...]:
@@ -77,6 +81,9 @@ def _scenario(path: Path, index: int, raw: object, seen: set[str],
     intent = one_of(path, f"{where}.intent", raw.get("intent"), INTENTS)
     guard = one_of(path, f"{where}.primary_guard", raw.get("primary_guard"), PRIMARY_GUARDS)
     generation = _check_generation(path, f"{where}.generation", raw.get("generation"), category, registries)
+    if generation.get("kind") == "checkpoint" and strictness not in CHECKPOINT_STRICTNESS:
+        raise error_at(path, f"{where}.strictness", f"{strictness!r} does not apply to a checkpoint; accepted: "
+                                                    f"{', '.join(CHECKPOINT_STRICTNESS)}")
     requirements = raw.get("requirements", {})
     if not isinstance(requirements, Mapping):
         raise error_at(path, f"{where}.requirements", "must be an object")
@@ -92,12 +99,17 @@ def _scenario(path: Path, index: int, raw: object, seen: set[str],
 
 def _check_generation(path: Path, where: str, generation: object, category: str,
                       registries: tuple[EditRegistry, FaultRegistry | None]) -> Mapping[str, Any]:
-    """``generation`` when it is an edit (for a clean or stress scenario) or a fault (for an error injection)."""
+    """``generation`` when it is an edit or a checkpoint (for a clean or stress scenario; a checkpoint's subject
+    normalised, see :func:`_check_checkpoint`) or a fault (for an error injection)."""
     if not isinstance(generation, Mapping):
-        raise error_at(path, where, "must be an object {kind: edit, edit_spec, version} or {kind: error, error_type}")
-    kind = one_of(path, f"{where}.kind", generation.get("kind"), ("edit", "error"))
+        raise error_at(path, where, "must be an object {kind: edit, edit_spec, version}, {kind: error, error_type} "
+                                    "or {kind: checkpoint, subject}")
+    kind = one_of(path, f"{where}.kind", generation.get("kind"), ("edit", "error", "checkpoint"))
     if kind == "edit":
         _check_edit(path, where, generation, category, registries[0])
+    elif kind == "checkpoint":
+        check_keys(path, where, generation, _GENERATION_FIELDS[kind])
+        return _check_checkpoint(path, where, generation, category)
     else:
         _check_fault(path, where, generation, category, registries[1])
     check_keys(path, where, generation, _GENERATION_FIELDS[kind])
@@ -114,6 +126,19 @@ def _check_edit(path: Path, where: str, generation: Mapping[str, Any], category:
         parse_edit_spec(spec, registry=edits)
     except ProofpackError as exc:
         raise error_at(path, f"{where}.edit_spec", str(exc)) from None
+
+
+def _check_checkpoint(path: Path, where: str, generation: Mapping[str, Any], category: str) -> Mapping[str, Any]:
+    """A checkpoint scenario's generation, its subject's relative path made absolute (relative to ``path``)."""
+    if category == "error_injection":
+        raise error_at(path, f"{where}.kind", "a checkpoint scenario is a clean (release candidate) or stress "
+                                              "(known-bad build) scenario, not an error_injection")
+    try:
+        spec = parse_subject(generation.get("subject"), path.resolve().parent, "subject")
+    except ProofpackError as exc:
+        raise CatalogError(f"{path.name}: {where}.{exc}") from None
+    subject = {k: v for k, v in vars(spec).items() if v not in ("", False)}
+    return {**generation, "subject": subject}
 
 
 def _check_fault(path: Path, where: str, generation: Mapping[str, Any], category: str,

@@ -26,7 +26,7 @@ from pytest_proofpack.errors import ModelLoadError, ProofpackError
 from pytest_proofpack.models import AssetRef, ModelEntry
 
 __all__ = ["DEQUANTIZED_DTYPE", "convert_gguf", "find_gguf", "gguf_block_count", "gguf_file_type", "gguf_header",
-           "gguf_sha256"]
+           "gguf_sha256", "is_converted"]
 
 #: The dtype :func:`convert_gguf` dequantises every tensor to.
 DEQUANTIZED_DTYPE: Final = "float32"
@@ -63,8 +63,9 @@ def gguf_block_count(path: Path) -> int | None:
 
 
 def gguf_header(path: Path) -> dict[str, int | str]:
-    """The integer and short string values of the GGUF file's metadata (arrays skipped), read without the
-    tensors and once per file version; empty when the file is not GGUF v2/v3 or its header is cut short."""
+    """The integer and short string values of the GGUF file's metadata, and each array's length under its name
+    plus ``[]`` (``tokenizer.ggml.tokens[]``), read without the tensors and once per file version; empty when the
+    file is not GGUF v2/v3 or its header is cut short."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _header_by_file:
@@ -106,9 +107,21 @@ def _read_header(fh: IO[bytes]) -> dict[str, int | str]:
             out[name] = fh.read(size).decode("utf-8", "replace")
         elif value_type == 8:
             fh.seek(size, os.SEEK_CUR)
+        elif value_type == 9:
+            item_type, count = struct.unpack("<IQ", fh.read(12))
+            out[name + "[]"] = count
+            _skip_items(fh, item_type, count)
         else:
             _skip_value(fh, value_type)
     return out
+
+
+def _skip_items(fh: IO[bytes], item_type: int, count: int) -> None:
+    if item_type in _SCALAR_SIZES:
+        fh.seek(_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
+    else:
+        for _ in range(count):
+            _skip_value(fh, item_type)
 
 
 def _skip_value(fh: IO[bytes], value_type: int) -> None:
@@ -118,11 +131,7 @@ def _skip_value(fh: IO[bytes], value_type: int) -> None:
         fh.seek(struct.unpack("<Q", fh.read(8))[0], os.SEEK_CUR)
     elif value_type == 9:
         item_type, count = struct.unpack("<IQ", fh.read(12))
-        if item_type in _SCALAR_SIZES:
-            fh.seek(_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
-        else:
-            for _ in range(count):
-                _skip_value(fh, item_type)
+        _skip_items(fh, item_type, count)
     else:
         raise ModelLoadError(f"GGUF metadata value of unknown type {value_type}")
 
@@ -155,6 +164,11 @@ def find_gguf(entry: ModelEntry, assets: Mapping[str, AssetRef], cache: Path, su
             raise ModelLoadError(f"models.{entry.key}.path: {path} is not a .gguf file")
         return path, f"gguf:{path}"
     raise ProofpackError(f"models.{entry.key}: source 'gguf' needs `asset` or `path`")
+
+
+def is_converted(out: Path) -> bool:
+    """Whether :func:`convert_gguf` has finished a conversion into ``out``."""
+    return (out / _CONVERTED_MARKER).is_file()
 
 
 def convert_gguf(gguf: Path, out: Path, *, trust_remote_code: bool = False) -> Path:

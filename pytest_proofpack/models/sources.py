@@ -17,7 +17,7 @@ from pytest_proofpack.models import AssetRef, ModelEntry
 from pytest_proofpack.models.gguf import convert_gguf, find_gguf, gguf_file_type, gguf_sha256
 from pytest_proofpack.models.model_dir import check_model_dir, model_fingerprint
 
-__all__ = ["HUB_ALLOW_PATTERNS", "ResolvedWeights", "resolve_weights"]
+__all__ = ["HUB_ALLOW_PATTERNS", "ResolvedWeights", "hub_snapshot", "resolve_weights"]
 
 #: What a hub snapshot needs: configs, weights and tokenizer files (never .bin/.pt pickles).
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
@@ -60,7 +60,7 @@ def resolve_weights(
 
 
 def _hub(entry: ModelEntry, allow_net: bool) -> ResolvedWeights:
-    directory, revision = _hub_snapshot(entry, allow_net)
+    directory, revision = hub_snapshot(entry, allow_net)
     weights = check_model_dir(directory)
     return ResolvedWeights(directory, revision, model_fingerprint(directory, weights, revision),
                            f"hub:{entry.hub_id}@{revision}")
@@ -86,7 +86,7 @@ def _gguf(entry: ModelEntry, cache: Path, assets: Mapping[str, AssetRef], suite:
                            gguf_file_type(gguf))
 
 
-def _hub_snapshot(entry: ModelEntry, allow_net: bool) -> tuple[Path, str]:
+def hub_snapshot(entry: ModelEntry, allow_net: bool) -> tuple[Path, str]:
     """``(snapshot directory, commit sha)`` of ``entry`` in the Hugging Face cache (fetched only with ``allow_net``)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError

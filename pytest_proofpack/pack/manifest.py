@@ -1,7 +1,8 @@
 """``manifest.json`` (format ``proof-pack-v1``): what it holds, and the schema ``proofpack verify`` requires.
 
 The manifest binds ``checksums.sha256`` by digest, names the verdict as the pack's subject, lists the
-``metadata/`` files as materials (each by path and ``sha256:<hex>`` digest), and records the builder, the
+``metadata/`` files as materials (each by path and ``sha256:<hex>`` digest), lists the certified checkpoints by
+source and digest (``checkpoints``, when the pack has checkpoint scenarios), and records the builder, the
 environment and the signing key.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_proofpack import __version__
+from pytest_proofpack.errors import PackError
+from pytest_proofpack.pack.checkpoints import checkpoint_claims
 from pytest_proofpack.pack.layout import (
     CHECKSUMS,
     MANIFEST,
@@ -24,6 +27,7 @@ from pytest_proofpack.pack.layout import (
     sha256_file,
 )
 from pytest_proofpack.signing import SigningKey
+from pytest_proofpack.verdict import load_run
 
 __all__ = ["check_manifest", "make_manifest"]
 
@@ -53,6 +57,10 @@ def make_manifest(pack: Path, checksums_digest: str, key: SigningKey, generated_
         if p.is_file() and p.name != "environment.json"
     ]
     env_fields = {k: env[k] for k in _ENVIRONMENT_FIELDS if isinstance(env, dict) and k in env}
+    try:
+        checkpoints = checkpoint_claims(load_run(pack).results)
+    except (PackError, RecursionError, ValueError):  # a pack that cannot be read is refused by verify anyway
+        checkpoints = []
     return {
         "format": MANIFEST_FORMAT,
         "schema_version": 1,
@@ -75,6 +83,7 @@ def make_manifest(pack: Path, checksums_digest: str, key: SigningKey, generated_
         "environment": {**_ref("environment", "metadata/environment.json", pack), **env_fields},
         "materials": materials,
         "subject": _ref("final_verdict", VERDICT_PATH, pack),
+        **({"checkpoints": checkpoints} if checkpoints else {}),
         "checksums_sha256": CHECKSUMS,
         "checksums_sha256_digest": checksums_digest,
         "signing": {

@@ -3,7 +3,8 @@
 The Ed25519 DSSE envelope signs an in-toto statement whose subjects are the verdict and checksums.sha256 and
 whose predicate carries manifest.json's digest, so changing any sealed byte breaks the signature. The predicate
 also states the claims a reader cares about (:func:`signed_claims`): the verdict, the catalog digest, the config
-digest and the plan, which ``proofpack verify`` recomputes from the pack and compares.
+digest and the plan, and the certified checkpoints' digests, which ``proofpack verify`` recomputes from the pack and
+compares.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def seal_pack(pack: Path, key: SigningKey, *, gpg: bool = False, generated_at: s
             "manifest": {"name": MANIFEST, "digest": {"sha256": sha256_file(pack / MANIFEST)}},
             "verdict": manifest["verdict"],
             "suite": manifest["suite"],
+            **({"checkpoints": manifest["checkpoints"]} if manifest.get("checkpoints") else {}),
             **signed_claims(json.loads((pack / RUN_JSON).read_text(encoding="utf-8"))),
         },
     )

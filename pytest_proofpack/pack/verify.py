@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pytest_proofpack.errors import PackError
+from pytest_proofpack.pack.checkpoints import checkpoint_claims
 from pytest_proofpack.pack.coverage import plan_digest
 from pytest_proofpack.pack.evidence import evidence_problem
 from pytest_proofpack.pack.integrity import parse_checksums
@@ -213,6 +214,12 @@ def _check_provenance(v: _Verification) -> None:
         if claims.get(key) != value:
             raise VerifyFailure(8, "provenance", f"the signed statement's {key} is not the pack's "
                                                  f"({str(claims.get(key))[:16]}… vs {str(value)[:16]}…)")
+    checkpoints = checkpoint_claims(loaded.results)
+    for where, claimed in (("signed statement", claims.get("checkpoints", [])),
+                           (MANIFEST, v.manifest.get("checkpoints", []))):
+        if claimed != checkpoints:
+            raise VerifyFailure(8, "provenance", f"the {where}'s checkpoints are not the subjects the pack's "
+                                                 f"reports judged ({len(checkpoints)} checkpoint run(s))")
     v.passed("provenance", "verdict, catalog digest, config digest and plan recomputed and equal to the signed "
                            "ones; every record's evidence unchanged since the run")
 
