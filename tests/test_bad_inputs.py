@@ -310,9 +310,9 @@ def test_broken_model_directories_error_with_bad_input(pytester: pytest.Pytester
     cwd.mkdir()
     os.chdir(cwd)
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--proofpack-suite", "tiny", "--proofpack-suites", str(root / "suites.yaml"),
-        "--proofpack-scenarios", str(root / GOOD["scenarios"]), "--proofpack-tuned-params",
-        str(root / GOOD["tuned"]), "--proofpack-out", str(root / "run"), "--proofpack-cache", str(root / "cache"),
+        "-p", "no:cacheprovider", "--proofpack-suite", "tiny", f"--proofpack-suites={root / 'suites.yaml'}",
+        f"--proofpack-scenarios={root / GOOD['scenarios']}", f"--proofpack-tuned-params={root / GOOD['tuned']}",
+        f"--proofpack-out={root / 'run'}", f"--proofpack-cache={root / 'cache'}",
         "--proofpack-device", "cpu", "--proofpack-calibration-runs", "1", "-k", "nan_fault", "-rE",
     )
     out = result.stdout.str() + result.stderr.str()

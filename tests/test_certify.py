@@ -40,7 +40,20 @@ def _checkpoint(sid: str, subject: dict[str, Any], strictness: str = "must_pass"
 
 
 def _arg(args: list[str], option: str) -> str:
-    return args[args.index(option) + 1]
+    return next(a.split("=", 1)[1] for a in args if a.startswith(option + "="))
+
+
+def _one_word(args: list[str]) -> list[str]:
+    """``args`` with every path-valued option in the one-word form: this module's sessions run in a directory
+    other than the suite's, where the two-word form would move pytest's rootdir (a usage error)."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1] in ("--proofpack-suites", "--proofpack-tuned-params", "--proofpack-out",
+                               "--proofpack-cache"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _report(run: Path, model: str, scenario: str) -> dict[str, Any]:
@@ -53,20 +66,20 @@ def suite_args(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, P
     """The tiny suite's arguments with a calibrated preset for tiny-a, made once by a calibrate-only run (every
     session of this module then shares it, and the baseline cache)."""
     root = tmp_path_factory.mktemp("certify")
-    args = write_suite(root, {"tiny-a": model_dirs["tiny-a"]})
+    args = _one_word(write_suite(root, {"tiny-a": model_dirs["tiny-a"]}))
     (root / "edit_scenarios.json").write_text(json.dumps(_scenarios(EDIT)))
     done = subprocess.run([sys.executable, "-m", "pytest", *args, f"--proofpack-scenarios={root}/edit_scenarios.json",
                            f"--proofpack-out={root}/calib", "--proofpack-calibrate-only"],
                           cwd=root, capture_output=True, text=True, check=False, timeout=900)
     presets = root / "calib" / "metadata" / "presets"
     assert any(presets.glob("calibrated_preset_*.json")), done.stdout[-3000:] + done.stderr[-3000:]
-    return [*args, f"--proofpack-scenarios={root}/edit_scenarios.json", "--proofpack-presets", str(presets)]
+    return [*args, f"--proofpack-scenarios={root}/edit_scenarios.json", f"--proofpack-presets={presets}"]
 
 
 def test_a_saved_edit_certified_as_a_checkpoint_gives_the_in_memory_ratio(
     pytester: pytest.Pytester, suite_args: list[str]
 ) -> None:
-    edited = pytester.runpytest_subprocess(*suite_args, "--proofpack-out", str(pytester.path / "edit"),
+    edited = pytester.runpytest_subprocess(*suite_args, f"--proofpack-out={pytester.path / 'edit'}",
                                            "--proofpack-save-models")
     assert edited.ret == 0, edited.stdout.str()
     saved = pytester.path / "edit" / "models" / "tiny-a" / "quant_8bit"
@@ -77,7 +90,7 @@ def test_a_saved_edit_certified_as_a_checkpoint_gives_the_in_memory_ratio(
                           "--subject", str(saved), "--suites", _arg(suite_args, "--proofpack-suites"),
                           "--tuned-params", _arg(suite_args, "--proofpack-tuned-params"),
                           "--out", str(pytester.path / "cert"), "--cache", _arg(suite_args, "--proofpack-cache"), "--",
-                          "--proofpack-presets", suite_args[-1], "--proofpack-calibration-runs", "1")
+                          suite_args[-1], "--proofpack-calibration-runs", "1")
     out = result.stdout.str() + result.stderr.str()
     assert result.ret == 0, out
     report = _report(pytester.path / "cert", "tiny-a", "certify")
@@ -146,8 +159,8 @@ def test_a_checkpoint_missing_a_tensor_is_an_invariants_failure_and_the_baseline
 
     monkeypatch.setenv("HF_HUB_CACHE", str(pytester.path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = pytester.runpytest_subprocess(*suite_args, "--proofpack-scenarios", str(scenarios),
-                                           "--proofpack-out", str(pytester.path / "run"))
+    result = pytester.runpytest_subprocess(*suite_args, f"--proofpack-scenarios={scenarios}",
+                                           f"--proofpack-out={pytester.path / 'run'}")
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=3)
     bad = _report(pytester.path / "run", "tiny-a", "broken")
