@@ -5,8 +5,8 @@ bootstrap seed, its baseline computed once), then applies every family's change 
 it with :func:`~pytest_proofpack.engine.evaluate.evaluate` against that baseline and restores it bit for bit before
 the next. Each evaluation becomes one *run*: which detectors fired (:func:`fired`), the primary-metric ratio, the
 change's own description, or the error that stopped it (a guard that raises is an error, never a detection). The
-summary of the runs (:func:`~pytest_proofpack.sensitivity_summary.summarise_family`) is recomputed from them, so
-runs of several processes (samples split across them) merge into one document (:func:`merge_documents`).
+summary of the runs (:mod:`pytest_proofpack.sensitivity_summary`) is recomputed from them, so runs of several
+processes (samples split across them) merge into one document (``sensitivity_summary.merge_documents``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_proofpack.errors import GuardError, SpecError
 from pytest_proofpack.expectations import guard_flags, primary_guard_hit
-from pytest_proofpack.sensitivity_summary import DETECTORS, SCHEMA, SCHEMA_VERSION, summarise_family
 
 if TYPE_CHECKING:
     from pytest_proofpack.data.windows import WindowSet
     from pytest_proofpack.engine.config import EngineConfig
     from pytest_proofpack.sensitivity_families import Family
 
-__all__ = ["SweepTarget", "document", "fired", "merge_documents", "sample_seed", "summarise_model", "sweep_model"]
+__all__ = ["DETECTORS", "SweepTarget", "fired", "sample_seed", "sweep_model"]
+
+#: The detectors a run records: each guard, the primary-metric gate and their union.
+DETECTORS: Final = ("invariants", "spectral", "rmt", "variance", "primary_metric", "any")
 
 #: Window samples' seeds, far from the scenario runs' (seed + 7919 * (run - 1)), calibration's and the
 #: false-alarm study's (500_009 + 104_729 * i).
@@ -92,7 +94,7 @@ def _run(target: SweepTarget, family: Family, magnitude: float, sample: int, sta
 def sweep_model(target: SweepTarget, families: Sequence[Family], samples: Iterable[int], *,
                 on_run: OnRun | None = None) -> dict[str, Any]:
     """Sweep ``families`` on ``target`` over window ``samples`` (0-based indices); return the model's entry of a
-    sensitivity document (``families`` with their runs; summaries come from :func:`summarise_model`). ``on_run``
+    sensitivity document (``families`` with their runs; ``sensitivity_summary.document`` adds the summaries). ``on_run
     is called with the family name and each run as it finishes."""
     from pytest_proofpack.engine.evaluate import prepare_baseline
 
@@ -111,46 +113,3 @@ def sweep_model(target: SweepTarget, families: Sequence[Family], samples: Iterab
                     on_run(family.name, row)
         done.append(sample)
     return {"samples": done, "families": {f.name: {**f.describe(), "runs": runs[f.name]} for f in families}}
-
-
-def summarise_model(entry: Mapping[str, Any], ratio_limit: float | None) -> dict[str, Any]:
-    """``entry`` with each family's ``summary`` (re)computed from its runs."""
-    families = {name: {**fam, "summary": summarise_family(fam["rungs"], fam["runs"], ratio_limit, DETECTORS)}
-                for name, fam in entry["families"].items()}
-    return {**entry, "families": families}
-
-
-def document(models: Mapping[str, Mapping[str, Any]], *, engine: EngineConfig, created_utc: str,
-             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A ``proofpack_sensitivity_v1`` document over ``models`` (entries of :func:`sweep_model`), summarised under
-    ``engine``'s tier."""
-    from pytest_proofpack import ENGINE_VERSION
-
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "engine_version": ENGINE_VERSION,
-            "created_utc": created_utc, "tier": engine.tier, "ratio_limit": engine.ratio_limit,
-            "gate_rule": engine.gate_rule, "detectors": list(DETECTORS), **dict(extra or {}),
-            "models": {key: summarise_model(entry, engine.ratio_limit) for key, entry in models.items()}}
-
-
-def merge_documents(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One document from several over disjoint window samples of the same families (runs concatenated, summaries
-    recomputed). :class:`SpecError` when they disagree on a family's ladder or share a sample."""
-    if not docs:
-        raise SpecError("no sensitivity document to merge")
-    merged: dict[str, Any] = {k: v for k, v in docs[0].items() if k != "models"}
-    models: dict[str, dict[str, Any]] = {}
-    for doc in docs:
-        for key, entry in doc["models"].items():
-            into = models.setdefault(key, {"samples": [], "families": {}})
-            if set(into["samples"]) & set(entry["samples"]):
-                raise SpecError(f"sensitivity documents of {key} share window samples; run disjoint --shard parts")
-            into["samples"] = sorted([*into["samples"], *entry["samples"]])
-            for name, fam in entry["families"].items():
-                have = into["families"].setdefault(name, {**fam, "runs": []})
-                if have["rungs"] != fam["rungs"]:
-                    raise SpecError(f"sensitivity family {name} of {key}: ladders differ between documents")
-                have["runs"] = [*have["runs"], *fam["runs"]]
-    limit = merged.get("ratio_limit")
-    merged["models"] = {k: summarise_model(e, limit if isinstance(limit, int | float) else None)
-                        for k, e in models.items()}
-    return merged

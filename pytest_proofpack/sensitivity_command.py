@@ -74,8 +74,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from pytest_proofpack.options import default_options
     from pytest_proofpack.registries import default_registries
     from pytest_proofpack.runtime import ModelRuntime, RunContext
-    from pytest_proofpack.sensitivity import SweepTarget, document, sweep_model
-    from pytest_proofpack.sensitivity_summary import family_line
+    from pytest_proofpack.sensitivity import SweepTarget, sweep_model
+    from pytest_proofpack.sensitivity_summary import document, family_line
 
     if args.samples < 1:
         raise OptionError(f"--samples {args.samples}: give at least 1 window sample")

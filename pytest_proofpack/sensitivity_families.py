@@ -22,12 +22,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pytest_proofpack.errors import SpecError
 from pytest_proofpack.faults.graded import graded_fault_registry
-from pytest_proofpack.sensitivity_summary import strength_order
 
 if TYPE_CHECKING:
     from pytest_proofpack.edits.change import AppliedChange
     from pytest_proofpack.edits.registry import EditRegistry
     from pytest_proofpack.faults.registry import FaultRegistry
+
+DIRECTIONS: Final = ("higher", "lower")
+
+def strength_order(rungs: Sequence[float], stronger: str) -> list[float]:
+    """``rungs`` from the weakest to the strongest change: ascending when a ``higher`` magnitude is stronger
+    (noise, sparsity), descending when ``lower`` is (RTN bits). :class:`ValueError` for an unknown direction or a
+    repeated rung."""
+    if stronger not in DIRECTIONS:
+        raise ValueError(f"stronger must be one of {', '.join(DIRECTIONS)}, got {stronger!r}")
+    if len(set(rungs)) != len(rungs):
+        raise ValueError(f"the ladder {list(rungs)} repeats a rung")
+    return sorted(rungs, reverse=stronger == "lower")
+
 
 ApplyFn = Callable[[Any, float, int], "AppliedChange"]
 """``apply(model, magnitude, seed) -> AppliedChange``: the change made in place; restoring it undoes it exactly."""

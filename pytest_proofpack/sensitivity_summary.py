@@ -10,16 +10,24 @@ window sample with which detectors fired, and the summary computed from those ru
   detected that often (the threshold lies at or below the ladder), ``above_ladder`` when the strongest is not;
 * per rung, the mean and largest primary-metric ratio, and the weakest rung whose mean ratio exceeds the tier's
   limit (``over_budget_from``): where the change stops being within the tier's budget.
+
+:func:`document` assembles the document from the sweep's entries (:func:`~pytest_proofpack.sensitivity.sweep_model`)
+and :func:`merge_documents` joins documents of disjoint window samples (shards), recomputing every summary.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pytest_proofpack.errors import CatalogError
+from pytest_proofpack.errors import CatalogError, SpecError
+from pytest_proofpack.sensitivity import DETECTORS
+from pytest_proofpack.sensitivity_families import DIRECTIONS, strength_order
 from pytest_proofpack.verdict.binomial import clopper_pearson_lower, clopper_pearson_upper
+
+if TYPE_CHECKING:
+    from pytest_proofpack.engine.config import EngineConfig
 
 __all__ = [
     "DETECTION_GOAL",
@@ -27,29 +35,17 @@ __all__ = [
     "SCHEMA",
     "bracket",
     "check_document",
+    "document",
     "family_line",
+    "merge_documents",
     "rung_rates",
-    "strength_order",
     "summarise_family",
+    "summarise_model",
 ]
 
 SCHEMA: Final = "proofpack_sensitivity_v1"
 SCHEMA_VERSION: Final = 1
-#: The detectors a run records: each guard, the primary-metric gate and their union.
-DETECTORS: Final = ("invariants", "spectral", "rmt", "variance", "primary_metric", "any")
 DETECTION_GOAL: Final = 0.95
-DIRECTIONS: Final = ("higher", "lower")
-
-
-def strength_order(rungs: Sequence[float], stronger: str) -> list[float]:
-    """``rungs`` from the weakest to the strongest change: ascending when a ``higher`` magnitude is stronger
-    (noise, sparsity), descending when ``lower`` is (RTN bits). :class:`ValueError` for an unknown direction or a
-    repeated rung."""
-    if stronger not in DIRECTIONS:
-        raise ValueError(f"stronger must be one of {', '.join(DIRECTIONS)}, got {stronger!r}")
-    if len(set(rungs)) != len(rungs):
-        raise ValueError(f"the ladder {list(rungs)} repeats a rung")
-    return sorted(rungs, reverse=stronger == "lower")
 
 
 def rung_rates(rungs: Sequence[float], runs: Sequence[Mapping[str, Any]], detector: str) -> list[dict[str, Any]]:
@@ -181,3 +177,46 @@ def check_document(doc: Any, where: str) -> dict[str, Any]:
         for name, family in families.items():
             _check_family(family, where, f"$.models.{key}.families.{name}")
     return dict(doc)
+
+
+def summarise_model(entry: Mapping[str, Any], ratio_limit: float | None) -> dict[str, Any]:
+    """``entry`` with each family's ``summary`` (re)computed from its runs."""
+    families = {name: {**fam, "summary": summarise_family(fam["rungs"], fam["runs"], ratio_limit, DETECTORS)}
+                for name, fam in entry["families"].items()}
+    return {**entry, "families": families}
+
+
+def document(models: Mapping[str, Mapping[str, Any]], *, engine: EngineConfig, created_utc: str,
+             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A ``proofpack_sensitivity_v1`` document over ``models`` (entries of :func:`sweep_model`), summarised under
+    ``engine``'s tier."""
+    from pytest_proofpack import ENGINE_VERSION
+
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "engine_version": ENGINE_VERSION,
+            "created_utc": created_utc, "tier": engine.tier, "ratio_limit": engine.ratio_limit,
+            "gate_rule": engine.gate_rule, "detectors": list(DETECTORS), **dict(extra or {}),
+            "models": {key: summarise_model(entry, engine.ratio_limit) for key, entry in models.items()}}
+
+
+def merge_documents(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One document from several over disjoint window samples of the same families (runs concatenated, summaries
+    recomputed). :class:`SpecError` when they disagree on a family's ladder or share a sample."""
+    if not docs:
+        raise SpecError("no sensitivity document to merge")
+    merged: dict[str, Any] = {k: v for k, v in docs[0].items() if k != "models"}
+    models: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        for key, entry in doc["models"].items():
+            into = models.setdefault(key, {"samples": [], "families": {}})
+            if set(into["samples"]) & set(entry["samples"]):
+                raise SpecError(f"sensitivity documents of {key} share window samples; run disjoint --shard parts")
+            into["samples"] = sorted([*into["samples"], *entry["samples"]])
+            for name, fam in entry["families"].items():
+                have = into["families"].setdefault(name, {**fam, "runs": []})
+                if have["rungs"] != fam["rungs"]:
+                    raise SpecError(f"sensitivity family {name} of {key}: ladders differ between documents")
+                have["runs"] = [*have["runs"], *fam["runs"]]
+    limit = merged.get("ratio_limit")
+    merged["models"] = {k: summarise_model(e, limit if isinstance(limit, int | float) else None)
+                        for k, e in models.items()}
+    return merged

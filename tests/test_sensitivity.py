@@ -20,14 +20,13 @@ from pytest_proofpack.cli import main as cli_main
 from pytest_proofpack.errors import CatalogError, PackError, SpecError
 from pytest_proofpack.html_sensitivity import render_page, render_sensitivity
 from pytest_proofpack.pack import build_pack, verify_pack
-from pytest_proofpack.sensitivity_families import builtin_families, edit_family, select_families
+from pytest_proofpack.sensitivity_families import builtin_families, edit_family, select_families, strength_order
 from pytest_proofpack.sensitivity_summary import (
     DETECTORS,
     bracket,
     check_document,
     family_line,
     rung_rates,
-    strength_order,
     summarise_family,
 )
 from pytest_proofpack.verdict.binomial import clopper_pearson_lower, clopper_pearson_upper
