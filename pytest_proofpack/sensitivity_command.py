@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pytest_proofpack.cli_args import add_catalog_options, catalog_and_cache
+from pytest_proofpack.cli_args import add_catalog_options
 from pytest_proofpack.errors import CatalogError, OptionError
 from pytest_proofpack.results import atomic_write_text
 
@@ -48,8 +48,17 @@ def add_sensitivity(subparsers: Any) -> None:
     p.add_argument("--tier", default="balanced", choices=("conservative", "balanced", "aggressive"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     p.add_argument("--seed", type=int, default=42, help="base seed of the window samples and the bootstrap")
+    p.add_argument("--presets", metavar="DIR", help="directory of calibrated_preset_<model>.json to reuse (a run's "
+                   "metadata/presets) instead of calibrating")
+    p.add_argument("--calibration-runs", type=int, metavar="N", help="calibration runs when no preset is cached "
+                   "(default: the suite's)")
+    p.add_argument("--tuned-params", metavar="PATH", help="tuned_edit_params.json to use instead of the shipped one")
     add_catalog_options(p)
     p.set_defaults(func=run_sensitivity)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
 
 
 def _families(args: argparse.Namespace, registries: Any) -> list[Any]:
@@ -70,6 +79,8 @@ def _families(args: argparse.Namespace, registries: Any) -> list[Any]:
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     from pytest_proofpack import progress
+    from pytest_proofpack.assets import cache_root
+    from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.html_sensitivity import render_page
     from pytest_proofpack.options import default_options
     from pytest_proofpack.registries import default_registries
@@ -79,7 +90,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise OptionError(f"--samples {args.samples}: give at least 1 window sample")
-    catalog, cache = catalog_and_cache(args)
+    if args.calibration_runs is not None and args.calibration_runs < 1:
+        raise OptionError(f"--calibration-runs {args.calibration_runs}: give at least 1")
+    catalog = load_catalog(None, _path(args.suites), _path(args.tuned_params))
+    cache = _path(args.cache) or cache_root()
     try:
         suite = catalog.suite(args.suite)
     except CatalogError as exc:  # the catalog names the pytest option; here it is --suite
@@ -89,7 +103,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     entry = catalog.resolve_models(suite, [args.model], env={})[0]
     out = Path(args.out)
     options = default_options(suite=suite.name, cache=cache, out=out, tier=args.tier, device=args.device,
-                              seed=args.seed)
+                              seed=args.seed, presets=_path(args.presets), calibration_runs=args.calibration_runs)
     ctx = RunContext(options, catalog, suite, out, options.cache_root(), {}, "sensitivity",
                      dict(catalog.datasets[suite.dataset]), registries=registries)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -165,3 +165,28 @@ def test_every_builtin_family_sweeps_and_restores_on_a_tiny_model() -> None:
     check_document(merged, "merged")
     with pytest.raises(SpecError, match="share window samples"):
         merge_documents([parts[0], parts[0]])
+
+
+def test_cli_sweeps_a_suite_model_and_writes_the_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``proofpack sensitivity`` as a user runs it on a suite's (tiny, local) model, a plugin's fault included."""
+    from e2e_support import make_model_dir, write_suite
+
+    from pytest_proofpack.cli import main as cli_main
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    write_suite(tmp_path, {"tiny-a": make_model_dir(tmp_path / "models")})
+    out = tmp_path / "run"
+    code = cli_main(["sensitivity", "--model", "tiny-a", "--suite", "tiny", "--suites", str(tmp_path / "suites.yaml"),
+                     "--cache", str(tmp_path / "cache"), "--families", "scale_one_matrix", "--samples", "2",
+                     "--tuned-params", str(tmp_path / "tuned.json"), "--calibration-runs", "1",
+                     "--plugin", Path(__file__).stem, "--fault-family", "mine=my_scale:MY_SCALE_FACTOR:1.01,30",
+                     "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    doc = check_document(json.loads((out / "sensitivity.json").read_text()), "sensitivity.json")
+    entry = doc["models"]["tiny-a"]
+    assert entry["samples"] == [0, 1] and list(entry["families"]) == ["scale_one_matrix", "mine"]
+    assert all(len(f["runs"]) == 2 * len(f["rungs"]) for f in entry["families"].values())
+    assert entry["families"]["mine"]["summary"]["rates"]["spectral"][-1]["rate"] == 1.0
+    assert "<svg" in (out / "sensitivity.html").read_text() and "\n  mine [MY_SCALE_FACTOR: 1.01,30;" in printed
