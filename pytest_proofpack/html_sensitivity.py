@@ -26,6 +26,7 @@ _CSS: Final = (
     "section.sensitivity table{border-collapse:collapse;font-size:12px}"
     "section.sensitivity td,section.sensitivity th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
     "section.sensitivity .muted{color:#666;font-size:12px}"
+    "section.sensitivity pre{white-space:pre-wrap}"
 )
 _W: Final = 420
 _H: Final = 250
@@ -70,7 +71,7 @@ def _budget(rungs: Sequence[float], over: object, limit: object) -> list[str]:
     return [f"<rect class='over-budget' x='{x0:.1f}' y='{_y(1):.1f}' width='{_W - _RIGHT - x0:.1f}' "
             f"height='{_y(0) - _y(1):.1f}' fill='#f4a582' fill-opacity='0.25'><title>{escape(label)}: the tier's "
             "budget is exceeded from here</title></rect>",
-            f"<text x='{x0 + 3:.1f}' y='{_y(1) + 10:.1f}' font-size='9' fill='#b2182b'>{escape(label)}</text>"]
+            f"<text x='{x0 + 3:.1f}' y='{_y(0) - 4:.1f}' font-size='9' fill='#b2182b'>{escape(label)}</text>"]
 
 
 def _lines(rungs: Sequence[float], rates: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
