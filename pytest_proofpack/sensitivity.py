@@ -94,8 +94,8 @@ def _run(target: SweepTarget, family: Family, magnitude: float, sample: int, sta
 def sweep_model(target: SweepTarget, families: Sequence[Family], samples: Iterable[int], *,
                 on_run: OnRun | None = None) -> dict[str, Any]:
     """Sweep ``families`` on ``target`` over window ``samples`` (0-based indices); return the model's entry of a
-    sensitivity document (``families`` with their runs; ``sensitivity_summary.document`` adds the summaries). ``on_run
-    is called with the family name and each run as it finishes."""
+    sensitivity document (``families`` with their runs; ``sensitivity_summary.document`` adds the summaries).
+    ``on_run`` is called with the family name and each run as it finishes."""
     from pytest_proofpack.engine.evaluate import prepare_baseline
 
     runs: dict[str, list[dict[str, Any]]] = {f.name: [] for f in families}

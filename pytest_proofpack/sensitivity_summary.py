@@ -67,9 +67,12 @@ def bracket(rates: Sequence[Mapping[str, Any]], goal: float = DETECTION_GOAL) ->
 
     ``{status, below, at}``: ``at`` is the weakest rung from which every stronger rung (with trials) is detected at a
     rate of at least ``goal``; ``below`` the rung before it. ``status`` is ``bracketed`` when both exist,
-    ``below_ladder`` when ``at`` is the weakest rung, ``above_ladder`` when no rung qualifies (``at`` ``None``).
-    Rungs without trials neither qualify nor break a run of detected rungs.
+    ``below_ladder`` when ``at`` is the weakest rung, ``above_ladder`` when no rung qualifies (``at`` ``None``,
+    ``below`` the strongest rung).
+    Rungs without trials neither qualify nor break a run of detected rungs; ``no_trials`` when no rung has any.
     """
+    if all(r["rate"] is None for r in rates):
+        return {"status": "no_trials", "below": None, "at": None}
     first: int | None = None
     for i in range(len(rates) - 1, -1, -1):
         rate = rates[i]["rate"]
@@ -129,6 +132,8 @@ def family_line(name: str, family: Mapping[str, Any]) -> str:
             parts.append(f"{det} {_fmt(t['below'])}..{_fmt(t['at'])}")
         elif t["status"] == "below_ladder":
             parts.append(f"{det}<={_fmt(t['at'])}")
+        elif t["status"] == "no_trials":
+            parts.append(f"{det} no runs")
         else:
             parts.append(f"{det} not by {_fmt(t['below'])}")
     ladder = ",".join(_fmt(float(m)) for m in family["rungs"])

@@ -89,6 +89,10 @@ def test_errored_runs_are_not_trials() -> None:
     rates = rung_rates(rungs, runs, "d")
     assert [(r["n"], r["detected"]) for r in rates] == [(2, 0), (2, 2)]
     assert summarise_family(rungs, runs, 1.1, ["d"])["errors"] == 1
+    failed = [{**r, "fired": {}, "error": "SpecError: no target"} for r in runs]
+    summary = summarise_family(rungs, failed, 1.1, ["d"])
+    assert summary["thresholds"]["d"] == {"status": "no_trials", "below": None, "at": None}
+    assert "d no runs" in family_line("f", {"rungs": rungs, "stronger": "higher", "summary": summary})
 
 
 def test_rates_carry_exact_intervals() -> None:
