@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from pytest_proofpack.edits.registry import EditRegistry
     from pytest_proofpack.faults.registry import FaultRegistry
 
+#: Which way a family's magnitude grows stronger.
 DIRECTIONS: Final = ("higher", "lower")
+
 
 def strength_order(rungs: Sequence[float], stronger: str) -> list[float]:
     """``rungs`` from the weakest to the strongest change: ascending when a ``higher`` magnitude is stronger
