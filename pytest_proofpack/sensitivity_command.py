@@ -77,6 +77,14 @@ def _families(args: argparse.Namespace, registries: Any) -> list[Any]:
     return select_families(names, extra)
 
 
+def _show(family: str, run: dict[str, Any]) -> None:
+    """One line per finished run: sample, family at magnitude, ratio, the detectors that fired (or the error)."""
+    hits = ",".join(d for d, v in run["fired"].items() if v and d != "any") or "-"
+    ratio = run["ratio"] if not isinstance(run["ratio"], float) else f"{run['ratio']:.4f}"
+    what = f"error {run['error']}" if run["error"] else f"ratio {ratio} fired {hits}"
+    print(f"  sample {run['sample']} {family}@{run['magnitude']:g}: {what} ({run['seconds']:.0f} s)", flush=True)
+
+
 def run_sensitivity(args: argparse.Namespace) -> int:
     from pytest_proofpack import progress
     from pytest_proofpack.assets import cache_root
@@ -113,7 +121,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             target = SweepTarget(runtime.model, entry.key, runtime.preset, runtime.engine,
                                  lambda seed: runtime.make_windows(seed, "evaluation"))
         print(f"proofpack sensitivity: {entry.key}: {len(families)} families x {args.samples} samples", flush=True)
-        swept = sweep_model(target, families, range(args.samples))
+        swept = sweep_model(target, families, range(args.samples), on_run=_show)
         doc = document({entry.key: swept}, engine=runtime.engine, created_utc=started, extra={"suite": suite.name})
     finally:
         runtime.close()

@@ -190,3 +190,4 @@ def test_cli_sweeps_a_suite_model_and_writes_the_document(tmp_path: Path, monkey
     assert all(len(f["runs"]) == 2 * len(f["rungs"]) for f in entry["families"].values())
     assert entry["families"]["mine"]["summary"]["rates"]["spectral"][-1]["rate"] == 1.0
     assert "<svg" in (out / "sensitivity.html").read_text() and "\n  mine [MY_SCALE_FACTOR: 1.01,30;" in printed
+    assert "  sample 1 mine@30: ratio " in printed
