@@ -18,6 +18,7 @@ from pytest_proofpack.certify_command import add_certify
 from pytest_proofpack.cli_args import add_catalog_options, catalog_and_cache
 from pytest_proofpack.errors import PackError, ProofpackError
 from pytest_proofpack.report_command import add_report
+from pytest_proofpack.sensitivity_command import add_sensitivity
 from pytest_proofpack.suites_command import add_suites
 from pytest_proofpack.tune_command import add_tune
 
@@ -113,7 +114,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 _SUBCOMMANDS: list[Callable[[_Subparsers], None]] = [
-    _add_verify, _add_merge, add_report, _add_fetch, add_suites, add_tune, add_certify,
+    _add_verify, _add_merge, add_report, _add_fetch, add_suites, add_tune, add_certify, add_sensitivity,
 ]
 
 

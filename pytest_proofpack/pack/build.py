@@ -17,13 +17,16 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Final
 
-from pytest_proofpack.errors import PackError
+from pytest_proofpack.bounded import loads_json
+from pytest_proofpack.errors import CatalogError, PackError
 from pytest_proofpack.html_report import render_index
+from pytest_proofpack.html_sensitivity import render_sensitivity
 from pytest_proofpack.pack.coverage import run_verdict
 from pytest_proofpack.pack.evidence import evidence_problem
 from pytest_proofpack.pack.layout import sha256_file, walk_files
 from pytest_proofpack.pack.seal import seal_pack
 from pytest_proofpack.results import atomic_write_text
+from pytest_proofpack.sensitivity_summary import check_document
 from pytest_proofpack.signing import load_signing_key
 from pytest_proofpack.verdict import dump_json, load_run, write_results
 
@@ -33,6 +36,8 @@ __all__ = ["build_pack"]
 _PACK_DIRS: Final = ("reports", "metadata")
 #: Catalog copies under metadata/, copied byte for byte: verify recomputes the catalog digest the run recorded.
 _CATALOG_COPIES: Final = frozenset({"scenarios.json", "tuned_edit_params.json"})
+#: What ``proofpack sensitivity --out RUN_DIR`` writes; packed as ``results/sensitivity.json``.
+SENSITIVITY_FILE: Final = "sensitivity.json"
 #: Packages whose versions describe the environment when the run did not record one.
 _ENVIRONMENT_PACKAGES: Final = ("pytest-proofpack", "torch", "transformers", "cryptography", "numpy", "pytest")
 
@@ -144,8 +149,27 @@ def _stage(run_dir: Path, stage: Path) -> None:
     packed = load_run(stage)
     verdict = run_verdict(packed)
     write_results(stage / "results", verdict)
+    sensitivity = _copy_sensitivity(run_dir, stage)
     reports = {r.path: r.report for r in packed.results if r.path and r.report is not None}
-    atomic_write_text(stage / "index.html", render_index(verdict, reports))
+    extra = [render_sensitivity(sensitivity)] if sensitivity is not None else []
+    atomic_write_text(stage / "index.html", render_index(verdict, reports, extra_sections=extra))
+
+
+def _copy_sensitivity(run_dir: Path, stage: Path) -> dict[str, Any] | None:
+    """The run directory's sensitivity.json (``proofpack sensitivity --out RUN_DIR``), checked against its schema,
+    as ``results/sensitivity.json``: a results file the checksums cover like every other. Returns the document
+    (for the page's sensitivity section), or None when the run has none."""
+    src = run_dir / SENSITIVITY_FILE
+    if not src.is_file():
+        return None
+    try:
+        document = loads_json(src.read_text(encoding="utf-8"))
+        check_document(document, str(src))
+    except (ValueError, CatalogError) as exc:
+        raise PackError(f"{src}: not a sensitivity document ({exc}); rewrite it with proofpack sensitivity or "
+                        "remove it") from None
+    shutil.copyfile(src, stage / "results" / SENSITIVITY_FILE)
+    return dict(document)
 
 
 def _swap_into_place(stage: Path, dest: Path) -> None:

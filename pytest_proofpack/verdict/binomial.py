@@ -1,4 +1,4 @@
-"""Exact binomial confidence bounds in the standard library: the Clopper–Pearson upper bound.
+"""Exact binomial confidence bounds in the standard library: the Clopper–Pearson upper and lower bounds.
 
 The upper bound of ``k`` successes in ``n`` trials is the ``1 - alpha/2`` quantile of Beta(k+1, n-k). It is found by
 bisection on the log of the binomial CDF, ``log P(X <= k; n, p) = log I_{1-p}(n-k, k+1)``, whose regularized
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-__all__ = ["binomial_log_cdf", "clopper_pearson_upper", "log_beta_cdf"]
+__all__ = ["binomial_log_cdf", "clopper_pearson_lower", "clopper_pearson_upper", "log_beta_cdf"]
 
 _EPS: Final = 1e-16
 _TINY: Final = 1e-300
@@ -77,3 +77,12 @@ def clopper_pearson_upper(successes: int, n: int, alpha: float = 0.05) -> float:
         else:
             hi = mid
     return hi
+
+
+def clopper_pearson_lower(successes: int, n: int, alpha: float = 0.05) -> float:
+    """The exact two-sided ``1 - alpha`` Clopper–Pearson lower bound: the ``alpha/2`` quantile of
+    Beta(successes, n - successes + 1), by symmetry one minus the upper bound of the failures. ``0.0`` when
+    ``n <= 0`` or no trial succeeded."""
+    if n <= 0 or successes <= 0:
+        return 0.0
+    return 1.0 - clopper_pearson_upper(n - min(successes, n), n, alpha)
