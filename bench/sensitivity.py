@@ -47,7 +47,7 @@ REDUCED = {
 #: Reduced ladders of the other built-in families, for ``--families`` (not swept by default).
 OTHERS = {
     "exponent_flip": (1e-3, 1e-2, 1e-1),
-    "lowrank_energy": (0.001, 0.003, 0.01),  # 0.03, 0.1, 0.3 were all detected (bench/results_issue22.md)
+    "lowrank_energy": (0.001, 0.003, 0.01),  # 0.03, 0.1, 0.3 were all detected (bench/RESULTS.md, sensitivity sweep)
     "noise_one_block": (0.1, 0.2, 0.5),
 }
 
