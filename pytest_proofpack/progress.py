@@ -61,6 +61,7 @@ PHASES: Final[Mapping[str, tuple[str, str, str]]] = {
     "tune": ("tuning", "tuned", "kind"),
     "calibrate": ("calibrating", "calibrated", "run"),
     "fetch": ("fetching", "fetched", "part"),
+    "sweep": ("sweeping sensitivity", "swept sensitivity", "run"),
 }
 
 _SINK: ContextVar[Sink | None] = ContextVar("proofpack_progress_sink", default=None)

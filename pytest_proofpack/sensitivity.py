@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_proofpack import progress
 from pytest_proofpack.errors import GuardError, SpecError
 from pytest_proofpack.expectations import guard_flags, primary_guard_hit
 
@@ -100,16 +101,19 @@ def sweep_model(target: SweepTarget, families: Sequence[Family], samples: Iterab
 
     runs: dict[str, list[dict[str, Any]]] = {f.name: [] for f in families}
     done: list[int] = []
-    for sample in samples:
-        seed = sample_seed(target.engine.seed, sample)
-        windows = target.windows(seed)
-        cfg = dataclasses.replace(target.engine, seed=seed)
-        state = prepare_baseline(target.model, *windows, cfg)
-        for family in families:
-            for magnitude in family.rungs:
-                row = _run(target, family, magnitude, sample, state, windows, cfg)
-                runs[family.name].append(row)
-                if on_run is not None:
-                    on_run(family.name, row)
-        done.append(sample)
+    chosen = list(samples)
+    with progress.phase("sweep", subject=target.key, total=len(chosen) * sum(len(f.rungs) for f in families)) as ph:
+        for sample in chosen:
+            seed = sample_seed(target.engine.seed, sample)
+            windows = target.windows(seed)
+            cfg = dataclasses.replace(target.engine, seed=seed)
+            state = prepare_baseline(target.model, *windows, cfg)
+            for family in families:
+                for magnitude in family.rungs:
+                    row = _run(target, family, magnitude, sample, state, windows, cfg)
+                    runs[family.name].append(row)
+                    ph.advance(sum(len(r) for r in runs.values()))
+                    if on_run is not None:
+                        on_run(family.name, row)
+            done.append(sample)
     return {"samples": done, "families": {f.name: {**f.describe(), "runs": runs[f.name]} for f in families}}

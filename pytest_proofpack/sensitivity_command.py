@@ -120,8 +120,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         with progress.reporting(progress.print_sink()):
             target = SweepTarget(runtime.model, entry.key, runtime.preset, runtime.engine,
                                  lambda seed: runtime.make_windows(seed, "evaluation"))
-        print(f"proofpack sensitivity: {entry.key}: {len(families)} families x {args.samples} samples", flush=True)
-        swept = sweep_model(target, families, range(args.samples), on_run=_show)
+            print(f"proofpack sensitivity: {entry.key}: {len(families)} families x {args.samples} samples",
+                  flush=True)
+            swept = sweep_model(target, families, range(args.samples), on_run=_show)
         doc = document({entry.key: swept}, engine=runtime.engine, created_utc=started, extra={"suite": suite.name})
     finally:
         runtime.close()

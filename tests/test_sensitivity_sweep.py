@@ -16,6 +16,7 @@ import torch
 from test_metric import make_windows
 from tinymodels import tiny_gpt2, tiny_llama
 
+from pytest_proofpack import progress
 from pytest_proofpack.engine.config import EngineConfig
 from pytest_proofpack.errors import SpecError
 from pytest_proofpack.faults.apply import apply_fault
@@ -135,8 +136,12 @@ def test_a_fault_registered_through_the_hook_is_swept(monkeypatch: pytest.Monkey
                          lambda seed: (make_windows(6, 48, seed), make_windows(6, 48, seed + 1, offset=100_000)))
     module = sys.modules[Path(__file__).stem]
     module.SEEN.clear()
-    entry = sweep_model(target, [mine], [0, 1])
+    events: list[dict[str, Any]] = []
+    with progress.reporting(events.append):
+        entry = sweep_model(target, [mine], [0, 1])
     assert module.SEEN == [1.01, 4.0, 30.0] * 2
+    sweep = [(e["ev"], e["done"], e["total"]) for e in events if e["phase"] == "sweep"]
+    assert sweep == [("start", 0, 6), *[("step", n, 6) for n in range(1, 7)], ("end", 6, 6)]  # reported live
     assert _unchanged(model, state)
     runs = entry["families"]["mine"]["runs"]
     assert [(r["sample"], r["magnitude"]) for r in runs] == [(s, m) for s in (0, 1) for m in (1.01, 4.0, 30.0)]
