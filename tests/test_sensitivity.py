@@ -186,13 +186,19 @@ def test_html_section_is_self_contained_and_escaped() -> None:
     assert section.count("<svg") == 2 and section.count("class='over-budget'") == 2
 
 
-def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["sensitivity.html", "the pack's index.html"])
+def test_html_renders_in_headless_chromium(tmp_path: Path, where: str) -> None:
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium not installed (ci/ installs Debian's chromium)")
     doc = _document(random.randrange(1 << 30))
-    page = tmp_path / "sensitivity.html"
-    page.write_text(render_page(doc), encoding="utf-8")
+    if where == "sensitivity.html":
+        page = tmp_path / "sensitivity.html"
+        page.write_text(render_page(doc), encoding="utf-8")
+    else:
+        run_dir = make_run_dir(tmp_path / "run", seed=random.randrange(1 << 30))
+        (run_dir / "sensitivity.json").write_text(json.dumps(doc), encoding="utf-8")
+        page = build_pack(run_dir) / "index.html"
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,6 +9,7 @@ one plan, the merge's verdict is the unsharded run's, and merge refuses a shard 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -119,3 +120,21 @@ def test_a_second_session_on_a_locked_run_dir_fails_at_once(
     result.stderr.fnmatch_lines([f"ERROR: --proofpack-out {pytester.path / 'run'}: the run directory is in use by "
                                  "pid *; wait for it to finish or choose another directory"])
     assert not (pytester.path / "run" / "run.json").exists()
+
+
+def test_merge_carries_every_shards_sensitivity_curves(shards: list[Path], tmp_path: Path) -> None:
+    from test_sensitivity import _document
+
+    docs = [_document(random.randrange(1 << 30)) for _ in shards]
+    for run_dir, doc, model in zip(shards, docs, ("tiny-a", "tiny-b"), strict=True):
+        doc["models"] = {model: doc["models"].pop("m<1>")}
+        (run_dir / "sensitivity.json").write_text(json.dumps(doc), encoding="utf-8")
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
+    pack = tmp_path / "merged" / "proof_pack"
+    carried = json.loads((pack / "results" / "sensitivity.json").read_text())
+    assert carried["models"] == {**docs[0]["models"], **docs[1]["models"]}
+    assert main(["verify", str(pack), "--strict"]) == 0
+    assert (pack / "index.html").read_text().count("<section class='sensitivity'>") == 1
+    (shards[1] / "sensitivity.json").write_text(json.dumps({**docs[1], "schema_version": 9}), encoding="utf-8")
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "refused")]) == 2
+

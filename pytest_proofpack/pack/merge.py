@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from pytest_proofpack.bounded import loads_json
 from pytest_proofpack.catalog.expansion import shard_models
-from pytest_proofpack.errors import PackError
-from pytest_proofpack.pack.build import build_pack
+from pytest_proofpack.errors import PackError, ProofpackError
+from pytest_proofpack.pack.build import SENSITIVITY_FILE, build_pack
 from pytest_proofpack.pack.coverage import plan_of
 from pytest_proofpack.pack.layout import walk_files
 from pytest_proofpack.pack.shard_checks import load_shard
@@ -144,7 +145,29 @@ def _stage_merged(run_dirs: Sequence[Path], merged: Mapping[str, Any], stage: Pa
         for sub in _MERGED_DIRS:
             for path in walk_files(run_dir / sub) if (run_dir / sub).is_dir() else []:
                 _merge_file(run_dir, sub, path, stage)
+    _merge_sensitivity(run_dirs, stage)
     atomic_write_text(stage / "run.json", dump_json(merged))
+
+
+def _merge_sensitivity(run_dirs: Sequence[Path], stage: Path) -> None:
+    """The shards' ``sensitivity.json`` documents as one (per model; a model swept in two shards must have used
+    disjoint window samples), so the merged pack carries every shard's curves."""
+    from pytest_proofpack.sensitivity_summary import check_document, merge_documents
+
+    docs = []
+    for run_dir in run_dirs:
+        src = run_dir / SENSITIVITY_FILE
+        if src.is_file():
+            try:
+                docs.append(check_document(loads_json(src.read_text(encoding="utf-8")), str(src)))
+            except (ValueError, ProofpackError) as exc:
+                raise _refuse(run_dir, f"{SENSITIVITY_FILE}: {exc}") from None
+    if docs:
+        try:
+            merged = merge_documents(docs)
+        except ProofpackError as exc:
+            raise PackError(f"cannot merge the shards' {SENSITIVITY_FILE}: {exc}", exit_code=2) from None
+        atomic_write_text(stage / SENSITIVITY_FILE, dump_json(merged))
 
 
 def merge_runs(run_dirs: Sequence[Path], out: Path, *, allow_partial: bool = False,
