@@ -52,7 +52,8 @@ def held_out_specs(tuned: dict[str, str]) -> list[str]:
     return specs
 
 
-def _runtime(suite_name: str, model_key: str, run_dir: Path) -> Any:
+def model_runtime(suite_name: str, model_key: str, run_dir: Path) -> Any:
+    """A runtime of one model of a suite with the default options, its reports under ``run_dir`` (benches)."""
     from pytest_proofpack.catalog import load_catalog
     from pytest_proofpack.options import default_options
     from pytest_proofpack.registries import default_registries
@@ -94,7 +95,7 @@ def state_cfg(runtime: Any, index: int) -> Any:
 def study_model(suite: str, model_key: str, samples: list[int], run_dir: Path) -> dict[str, Any]:
     from pytest_proofpack.engine.evaluate import prepare_baseline
 
-    runtime = _runtime(suite, model_key, run_dir)
+    runtime = model_runtime(suite, model_key, run_dir)
     try:
         preset = runtime.preset
         tuned = dict(runtime.benign_plan().describe().get("tuned", {}))

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from false_alarms import model_runtime  # bench/ is on sys.path
+
 REDUCED = {
     "noise_all_blocks": (0.05, 0.1, 0.2),
     "scale_one_matrix": (1.02, 1.05, 1.1),
@@ -50,21 +52,6 @@ OTHERS = {
     "lowrank_energy": (0.001, 0.003, 0.01),  # 0.03, 0.1, 0.3 were all detected (bench/RESULTS.md, sensitivity sweep)
     "noise_one_block": (0.1, 0.2, 0.5),
 }
-
-
-def _runtime(suite_name: str, model_key: str, run_dir: Path) -> Any:
-    from pytest_proofpack.catalog import load_catalog
-    from pytest_proofpack.options import default_options
-    from pytest_proofpack.registries import default_registries
-    from pytest_proofpack.runtime import ModelRuntime, RunContext
-
-    catalog = load_catalog(None, None, None)
-    suite = catalog.suite(suite_name)
-    entry = catalog.resolve_models(suite, [model_key], env={})[0]
-    options = default_options(suite=suite_name, out=run_dir)
-    ctx = RunContext(options, catalog, suite, run_dir, options.cache_root(), {}, "bench",
-                     dict(catalog.datasets[suite.dataset]), registries=default_registries())
-    return ModelRuntime(ctx, entry)
 
 
 def bracketed_families(doc: dict[str, Any]) -> int:
@@ -93,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     families = [dataclasses.replace(known[n], rungs={**REDUCED, **OTHERS}.get(n, known[n].rungs)) for n in names]
     shard, shards = (int(x) for x in args.shard.split("/"))
     samples = [i for i in range(args.samples) if i % shards == shard - 1]
-    runtime = _runtime(args.suite, args.model, args.run_dir)
+    runtime = model_runtime(args.suite, args.model, args.run_dir)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         target = SweepTarget(runtime.model, args.model, runtime.preset, runtime.engine,

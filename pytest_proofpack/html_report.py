@@ -30,7 +30,7 @@ from pytest_proofpack.html_format import (
     value_text,
 )
 from pytest_proofpack.verdict.matrix import LEGEND
-from pytest_proofpack.verdict.render import GUARD_LETTERS, MARKS, baseline_text
+from pytest_proofpack.verdict.render import baseline_text, cell_text
 
 __all__ = ["render_index"]
 
@@ -83,30 +83,22 @@ def _failed(verdict: Mapping[str, Any]) -> str:
     return f"<h2>Failed requirements</h2><ul class='failed'>{items}</ul>"
 
 
-def _cell_text(cell: Mapping[str, Any]) -> str:
-    """The terminal matrix's cell (mark, worst ratio, guards, caps) with the ratio in the page's notation, and a
-    ratio that is not finite named as such."""
-    mark = MARKS.get(str(cell.get("outcome")), "?")
+def _ratio_text(cell: Mapping[str, Any]) -> str:
+    """The worst ratio in the page's notation; a ratio that is not finite named as such."""
     ratio = as_number(cell.get("ratio"))
-    if ratio is not None:
-        key = eng(ratio)
-        if cell.get("degraded"):
-            key += f"~{cell.get('windows_covered')}/{cell.get('windows_total')}w"
-    else:
-        key = nonfinite_ratio_text(None, cell.get("invariants_status")) if cell.get("runs_judged") else "-"
-    fired = set(cell.get("guards") or ())
-    letters = "".join(letter for guard, letter in GUARD_LETTERS if guard in fired)
-    key += f" [{letters or '-'}]"
-    if cell.get("caps"):
-        key += f" c{cell['caps']}"
-    return f"{mark} {key}"
+    if ratio is None:
+        return nonfinite_ratio_text(None, cell.get("invariants_status")) if cell.get("runs_judged") else "-"
+    key = eng(ratio)
+    if cell.get("degraded"):
+        key += f"~{cell.get('windows_covered')}/{cell.get('windows_total')}w"
+    return key
 
 
 def _cell(model: str, sid: str, cell: Mapping[str, Any]) -> str:
     """One matrix cell: outcome colour, the terminal's text, and the change each run applied; it links to its
     drill-down."""
     outcome = str(cell.get("outcome"))
-    label = escape(_cell_text(cell))
+    label = escape(cell_text(cell, _ratio_text))
     specs = " | ".join(str(x) for x in cell.get("edit_specs") or [])
     if specs:
         label += f"<br><small class='spec'>{escape(specs)}</small>"

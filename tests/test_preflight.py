@@ -61,19 +61,9 @@ def test_determinism_modes_set_torch_switches() -> None:
 
 
 def _gguf_with_blocks(path: Path, blocks: int) -> Path:
-    """A GGUF v3 file whose header declares ``blocks`` transformer blocks, after a long tokenizer array."""
-    import gguf
-    import numpy as np
+    from test_sources import _write_gguf
 
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_array("tokenizer.ggml.tokens", [f"t{n}" for n in range(500)])
-    writer.add_block_count(blocks)
-    writer.add_tensor("w", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _write_gguf(path, None, blocks)
 
 
 def _entry(**fields: Any) -> Any:

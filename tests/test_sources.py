@@ -235,8 +235,9 @@ def test_gguf_source_requires_fetched_asset(tmp_path: Path) -> None:
         )
 
 
-def _write_gguf(path: Path, file_type: int | None) -> Path:
-    """A small GGUF v3 file: string, array and float metadata before ``general.file_type`` (when given)."""
+def _write_gguf(path: Path, file_type: int | None, blocks: int | None = None) -> Path:
+    """A small GGUF v3 file: string, array and float metadata before ``general.file_type`` and
+    ``llama.block_count`` (each when given)."""
     import gguf
     import numpy as np
 
@@ -247,6 +248,8 @@ def _write_gguf(path: Path, file_type: int | None) -> Path:
     writer.add_float32("llama.rope.freq_base", 10000.0)
     if file_type is not None:
         writer.add_file_type(file_type)
+    if blocks is not None:
+        writer.add_block_count(blocks)
     writer.add_tensor("w", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

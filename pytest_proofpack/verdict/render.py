@@ -21,20 +21,29 @@ GUARD_LETTERS: Final = (
 )
 
 
-def _cell_text(cell: Mapping[str, Any] | None) -> str:
-    if cell is None:
-        return ""
-    mark = MARKS.get(str(cell.get("outcome")), "?")
+def _terminal_ratio(cell: Mapping[str, Any]) -> str:
+    """The worst ratio as the terminal writes it (3 decimals, 3 significant digits from 1000), ``-`` when none."""
     ratio = cell.get("ratio")
     key = (f"{ratio:.3f}" if ratio < 1000 else f"{ratio:.3g}") if isinstance(ratio, float) else "-"
     if cell.get("degraded") and isinstance(ratio, float):
         key += f"~{cell.get('windows_covered')}/{cell.get('windows_total')}w"
+    return key
+
+
+def cell_text(cell: Mapping[str, Any], ratio_text: Callable[[Mapping[str, Any]], str] = _terminal_ratio) -> str:
+    """A matrix cell as the terminal and the page both show it: mark, worst ratio (as ``ratio_text`` writes it),
+    the letters of the guards that fired, and the spectral caps."""
+    mark = MARKS.get(str(cell.get("outcome")), "?")
     fired = set(cell.get("guards") or ())
     letters = "".join(letter for guard, letter in GUARD_LETTERS if guard in fired)
-    key += f" [{letters or '-'}]"
+    key = f"{ratio_text(cell)} [{letters or '-'}]"
     if cell.get("caps"):
         key += f" c{cell['caps']}"
     return f"{mark} {key}"
+
+
+def _cell_text(cell: Mapping[str, Any] | None) -> str:
+    return "" if cell is None else cell_text(cell)
 
 
 def render_matrix(verdict: Mapping[str, Any]) -> list[str]:
