@@ -65,14 +65,15 @@ def suites_yaml(model_dirs: dict[str, Path], corpus: Path) -> str:
 
 
 def write_suite(dest: Path, model_dirs: dict[str, Path]) -> list[str]:
-    """Write corpus, suites.yaml and tuned params into ``dest``; return the pytest arguments that use them."""
+    """Write corpus, suites.yaml and tuned params into ``dest``; return the pytest arguments that use them (paths in
+    the one-word form, ``--proofpack-out=DIR``, so a session run from another directory keeps its rootdir)."""
     corpus = dest / "corpus.txt"
     corpus.write_text(CORPUS, encoding="utf-8")
     (dest / "suites.yaml").write_text(suites_yaml(model_dirs, corpus), encoding="utf-8")
     (dest / "tuned.json").write_text(json.dumps(TUNED), encoding="utf-8")
-    return ["--proofpack-suite", "tiny", "--proofpack-suites", str(dest / "suites.yaml"),
-            "--proofpack-tuned-params", str(dest / "tuned.json"), "--proofpack-out", str(dest / "run"),
-            "--proofpack-cache", str(dest / "cache"), "--proofpack-calibration-runs", "1",
+    return ["--proofpack-suite", "tiny", f"--proofpack-suites={dest / 'suites.yaml'}",
+            f"--proofpack-tuned-params={dest / 'tuned.json'}", f"--proofpack-out={dest / 'run'}",
+            f"--proofpack-cache={dest / 'cache'}", "--proofpack-calibration-runs", "1",
             "--proofpack-clean-runs", "1", "--proofpack-stress-runs", "1", "-p", "no:cacheprovider"]
 
 

@@ -43,19 +43,6 @@ def _arg(args: list[str], option: str) -> str:
     return next(a.split("=", 1)[1] for a in args if a.startswith(option + "="))
 
 
-def _one_word(args: list[str]) -> list[str]:
-    """``args`` with every path-valued option in the one-word form: this module's sessions run in a directory
-    other than the suite's, where the two-word form would move pytest's rootdir (a usage error)."""
-    out: list[str] = []
-    for arg in args:
-        if out and out[-1] in ("--proofpack-suites", "--proofpack-tuned-params", "--proofpack-out",
-                               "--proofpack-cache"):
-            out[-1] = f"{out[-1]}={arg}"
-        else:
-            out.append(arg)
-    return out
-
-
 def _report(run: Path, model: str, scenario: str) -> dict[str, Any]:
     path = run / "reports" / model / scenario / "run_1" / "evaluation.report.json"
     return json.loads(path.read_text())  # type: ignore[no-any-return]
@@ -66,7 +53,7 @@ def suite_args(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, P
     """The tiny suite's arguments with a calibrated preset for tiny-a, made once by a calibrate-only run (every
     session of this module then shares it, and the baseline cache)."""
     root = tmp_path_factory.mktemp("certify")
-    args = _one_word(write_suite(root, {"tiny-a": model_dirs["tiny-a"]}))
+    args = write_suite(root, {"tiny-a": model_dirs["tiny-a"]})
     (root / "edit_scenarios.json").write_text(json.dumps(_scenarios(EDIT)))
     done = subprocess.run([sys.executable, "-m", "pytest", *args, f"--proofpack-scenarios={root}/edit_scenarios.json",
                            f"--proofpack-out={root}/calib", "--proofpack-calibrate-only"],
